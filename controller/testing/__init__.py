@@ -1,0 +1,1 @@
+"""Development tools: a real control plane and helpers for tests and demos."""

@@ -1,0 +1,28 @@
+# Sourced by the hack/ scripts: a project virtualenv with the package and its
+# test tools installed, and the control-plane binaries built. Idempotent and
+# cheap when everything is already in place.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${WA_VENV:-$ROOT/.venv}
+export PATH="$VENV/bin:$PATH"
+# Go lives outside the default PATH on some images.
+command -v go >/dev/null || export PATH="/usr/local/go/bin:$PATH"
+
+ensure_venv() {
+  local stamp="$VENV/.installed"
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    python3 -m venv "$VENV"
+  fi
+  if [[ ! -f "$stamp" || "$ROOT/pyproject.toml" -nt "$stamp" ]]; then
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]"
+    touch "$stamp"
+  fi
+}
+
+ensure_tools() {
+  WA_TOOLS_BIN=$("$ROOT/hack/build-tools")
+  export WA_TOOLS_BIN
+  export PATH="$WA_TOOLS_BIN:$PATH"
+}
