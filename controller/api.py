@@ -219,6 +219,20 @@ class WAAccountStatus(_Model):
         str | None,
         Field(description="Human-readable explanation of the current phase."),
     ] = None
+    start_attempts: Annotated[
+        int | None,
+        Field(
+            description=(
+                "Starts the controller asked for since the session last ran or waited for "
+                "a QR scan. At the controller's limit the account is Lost."
+            ),
+            ge=0,
+        ),
+    ] = None
+    last_start_time: Annotated[
+        datetime | None,
+        Field(description="When the controller last asked an instance to start the session."),
+    ] = None
     conditions: Annotated[
         list[Condition],
         Field(

@@ -1,0 +1,332 @@
+"""The decision table (DESIGN.md section 5) as one pure function.
+
+`decide` takes the account (spec and recorded status), the fleet as the probes
+last saw it, and the time, and returns the status to record, the instance calls
+to make and the events to emit. It never does I/O, and running it again on its
+own output changes nothing: writes happen only when something changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from controller.api import (
+    Condition,
+    DesiredState,
+    InstanceRef,
+    Phase,
+    WAAccountSpec,
+    WAAccountStatus,
+)
+from controller.fleet import PodHealth, PodSnapshot, least_loaded, matches
+from controller.instances import ObservedSession, SessionState
+
+ASSIGNED = "Assigned"
+READY = "Ready"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How patient the controller is with sessions that do not show up."""
+
+    start_grace: timedelta = timedelta(seconds=60)
+    max_start_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class Account:
+    """One WAAccount as plain data."""
+
+    namespace: str
+    name: str
+    generation: int
+    spec: WAAccountSpec
+    status: WAAccountStatus
+
+
+@dataclass(frozen=True)
+class StartSession:
+    pod: str
+    resume: bool
+
+
+@dataclass(frozen=True)
+class StopSession:
+    pod: str
+
+
+Action = StartSession | StopSession
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: WAAccountStatus
+    actions: tuple[Action, ...] = ()
+    events: tuple[Event, ...] = ()
+
+    def changes(self, recorded: WAAccountStatus) -> bool:
+        return self.status != recorded
+
+
+# Which of several copies of a session to keep: the most alive one.
+_LIVENESS = {
+    SessionState.WORKING: 0,
+    SessionState.PAIRING: 1,
+    SessionState.STARTING: 2,
+    SessionState.UNKNOWN: 3,
+    SessionState.FAILED: 4,
+    SessionState.STOPPED: 5,
+}
+
+
+def set_condition(
+    conditions: Sequence[Condition],
+    type_: str,
+    status: Literal["True", "False", "Unknown"],
+    reason: str,
+    message: str,
+    *,
+    now: datetime,
+    generation: int,
+) -> list[Condition]:
+    """Replace one condition; `lastTransitionTime` moves only when its status flips."""
+    previous = next((c for c in conditions if c.type == type_), None)
+    changed_at = previous.last_transition_time if previous and previous.status == status else now
+    updated = Condition(
+        type=type_, status=status, reason=reason, message=message,
+        last_transition_time=changed_at, observed_generation=generation,
+    )
+    others = [c for c in conditions if c.type != type_]
+    return sorted([*others, updated], key=lambda c: c.type)
+
+
+@dataclass
+class _Draft:
+    """The status being decided, with the conditions helper bound to now and generation."""
+
+    account: Account
+    now: datetime
+    status: WAAccountStatus = field(init=False)
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.status = self.account.status.model_copy(
+            update={"observed_generation": self.account.generation}
+        )
+
+    def condition(
+        self, type_: str, status: Literal["True", "False", "Unknown"], reason: str, message: str
+    ) -> None:
+        self.status.conditions = set_condition(
+            self.status.conditions, type_, status, reason, message,
+            now=self.now, generation=self.account.generation,
+        )
+
+    def phase(self, phase: Phase, message: str) -> None:
+        self.status.phase = phase
+        self.status.message = message
+
+    def event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.events.append(Event(type_, reason, message))
+
+    def assign(self, pod: PodSnapshot) -> None:
+        current = self.status.instance
+        if current is None or current.pod != pod.name or current.url != pod.view.url:
+            assigned_at = current.assigned_at if current and current.pod == pod.name else self.now
+            self.status.instance = InstanceRef(
+                pod=pod.name, url=pod.view.url or "", assigned_at=assigned_at
+            )
+
+    def decision(self) -> Decision:
+        return Decision(self.status, tuple(self.actions), tuple(self.events))
+
+
+def decide(
+    account: Account, fleet: Sequence[PodSnapshot], policy: Policy, now: datetime
+) -> Decision:
+    """What to record, ask and say for one account, given what the fleet shows now."""
+    draft = _Draft(account, now)
+    session = account.spec.session_id
+    holders = sorted(
+        (p for p in fleet if p.trusted and session in p.sessions),
+        key=lambda p: (
+            _LIVENESS[p.sessions[session].state],
+            p.name != _recorded_pod(account),
+            p.name,
+        ),
+    )
+    if account.spec.desired_state is DesiredState.STOPPED:
+        _stop(draft, holders)
+    elif holders:
+        _observed(draft, holders, fleet, policy)
+    else:
+        _nowhere(draft, fleet, policy)
+    return draft.decision()
+
+
+def _recorded_pod(account: Account) -> str | None:
+    instance = account.status.instance
+    return instance.pod if instance else None
+
+
+def _stop(draft: _Draft, holders: list[PodSnapshot]) -> None:
+    session = draft.account.spec.session_id
+    running = [p for p in holders if p.sessions[session].state is not SessionState.STOPPED]
+    draft.actions.extend(StopSession(p.name) for p in running)
+    if running and draft.account.status.phase is not Phase.STOPPED:
+        draft.event("Normal", "Stopping", f"asked {', '.join(p.name for p in running)} to stop")
+    draft.status.instance = None
+    draft.status.session_status = holders[0].sessions[session].raw_status if holders else None
+    draft.status.start_attempts = None
+    draft.status.last_start_time = None
+    draft.phase(Phase.STOPPED, "desiredState is Stopped")
+    draft.condition(ASSIGNED, "False", "Stopped", "desiredState is Stopped")
+    draft.condition(READY, "False", "Stopped", "desiredState is Stopped")
+
+
+def _observed(
+    draft: _Draft, holders: list[PodSnapshot], fleet: Sequence[PodSnapshot], policy: Policy
+) -> None:
+    session = draft.account.spec.session_id
+    keeper, *duplicates = holders
+    for duplicate in duplicates:
+        if duplicate.sessions[session].state is not SessionState.STOPPED:
+            draft.actions.append(StopSession(duplicate.name))
+            draft.event(
+                "Warning", "DuplicateSession",
+                f"session {session} also runs on {duplicate.name}: stopping it there, "
+                f"keeping {keeper.name}",
+            )
+
+    previous = _recorded_pod(draft.account)
+    if previous is not None and previous != keeper.name:
+        draft.event(
+            "Normal", "Reassigned", f"session {session} moved from {previous} to {keeper.name}"
+        )
+    draft.assign(keeper)
+    observed: ObservedSession = keeper.sessions[session]
+    draft.status.session_status = observed.raw_status
+    draft.condition(ASSIGNED, "True", "SessionFound", f"session runs on {keeper.name}")
+
+    state = observed.state
+    said = f"{keeper.name} reports {observed.raw_status}"
+    if state in (SessionState.WORKING, SessionState.PAIRING):
+        draft.status.start_attempts = None
+        draft.status.last_start_time = None
+    if state is SessionState.WORKING:
+        draft.phase(Phase.CONNECTED, f"session is working on {keeper.name}")
+        draft.condition(READY, "True", "SessionWorking", said)
+    elif state is SessionState.PAIRING:
+        draft.phase(Phase.PAIRING, f"waiting for a QR code scan on {keeper.name}")
+        draft.condition(READY, "False", "WaitingForQRScan", said)
+    elif state is SessionState.STARTING:
+        draft.phase(Phase.STARTING, f"session is starting on {keeper.name}")
+        draft.condition(READY, "False", "SessionStarting", said)
+    elif state is SessionState.UNKNOWN:
+        draft.phase(draft.status.phase or Phase.STARTING, draft.status.message or "")
+        draft.condition(
+            READY, "Unknown", "UnknownSessionState",
+            f"{keeper.name} reports {observed.raw_status!r}, a state wa-controller does not know",
+        )
+    else:  # stopped or failed while it should run: restart it where it is
+        _recover(draft, fleet, policy, restart_on=keeper, observed=observed)
+
+
+def _nowhere(draft: _Draft, fleet: Sequence[PodSnapshot], policy: Policy) -> None:
+    account = draft.account
+    recorded = next((p for p in fleet if p.name == _recorded_pod(account)), None)
+    if recorded is not None and recorded.health is PodHealth.AUTH_FAILED:
+        # We cannot see its sessions: keep the assignment, never go looking elsewhere.
+        draft.condition(
+            READY, "Unknown", "InstanceAuthFailed",
+            f"{recorded.name} refused the API key; its sessions cannot be checked",
+        )
+        return
+    if recorded is not None and recorded.health is PodHealth.UNPROBED:
+        return  # not probed yet: no opinion
+    just_started = _within_grace(account.status, policy, draft.now)
+    if recorded is not None and recorded.trusted and just_started:
+        return  # started there a moment ago: give it time to show up
+    _recover(draft, fleet, policy, restart_on=None, observed=None)
+
+
+def _within_grace(status: WAAccountStatus, policy: Policy, now: datetime) -> bool:
+    return status.last_start_time is not None and now - status.last_start_time < policy.start_grace
+
+
+def _recover(
+    draft: _Draft,
+    fleet: Sequence[PodSnapshot],
+    policy: Policy,
+    *,
+    restart_on: PodSnapshot | None,
+    observed: ObservedSession | None,
+) -> None:
+    """The session should run and does not: start it again, unless attempts are exhausted."""
+    account = draft.account
+    status = account.status
+    session = account.spec.session_id
+    if observed is not None and _within_grace(status, policy, draft.now):
+        draft.phase(Phase.FAILED, f"session is {observed.raw_status}; restarting it")
+        draft.condition(READY, "False", "SessionFailed", f"instance reports {observed.raw_status}")
+        return
+    attempts = status.start_attempts or 0
+    if attempts >= policy.max_start_attempts:
+        if status.phase is not Phase.LOST:
+            draft.event(
+                "Warning", "Lost",
+                f"session {session} did not come up after {attempts} starts; "
+                "it needs a human (scan a QR code, or set desiredState to Stopped and back)",
+            )
+        draft.status.instance = None
+        draft.phase(Phase.LOST, f"session found nowhere after {attempts} starts")
+        draft.condition(ASSIGNED, "False", "Lost", f"session {session} is on no instance")
+        draft.condition(READY, "False", "Lost", f"gave up after {attempts} starts")
+        return
+
+    candidates = [p for p in fleet if matches(p.view.labels, account.spec.instance_selector)]
+    eligible = [p for p in candidates if p.eligible]
+    if restart_on is not None and restart_on.view.ready and restart_on.health is PodHealth.OK:
+        target = restart_on  # it has the session's auth: restart in place
+    elif eligible:
+        target = least_loaded(eligible)
+    else:
+        reason = "; ".join(f"{p.name}: {p.why_not_eligible()}" for p in candidates)
+        message = f"no eligible instance pod ({reason})" if candidates else (
+            "no instance pod matches the selector"
+        )
+        if draft.status.phase is not Phase.PENDING:
+            draft.event("Warning", "NoEligibleInstance", message)
+        draft.status.instance = None
+        draft.phase(Phase.PENDING, message)
+        draft.condition(ASSIGNED, "False", "NoEligibleInstance", message)
+        draft.condition(READY, "False", "NotPlaced", "the session is not placed on any instance")
+        return
+
+    # A session that ran before has stored auth to restore instead of a QR code to scan.
+    resume = observed is not None or status.instance is not None or bool(status.session_status)
+    draft.actions.append(StartSession(target.name, resume=resume))
+    draft.status.start_attempts = attempts + 1
+    draft.status.last_start_time = draft.now
+    draft.status.session_status = observed.raw_status if observed else None
+    verb = "restarted" if target is restart_on else "placed"
+    draft.event(
+        "Normal", "Placed",
+        f"session {session} {verb} on {target.name} "
+        f"(load {target.load}/{target.view.capacity}, attempt {attempts + 1})",
+    )
+    draft.assign(target)
+    draft.phase(Phase.STARTING, f"asked {target.name} to start the session")
+    draft.condition(ASSIGNED, "True", "Placed", f"placed on {target.name}")
+    draft.condition(READY, "False", "SessionStarting", f"waiting for {target.name} to start it")

@@ -1,0 +1,72 @@
+"""What every protocol adapter promises, in the controller's own words."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from enum import StrEnum
+
+from controller.instances.http import InstanceHttp
+
+
+class SessionState(StrEnum):
+    """The normalized session states every adapter maps its words onto."""
+
+    WORKING = "working"
+    PAIRING = "pairing"
+    STARTING = "starting"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class ObservedSession:
+    """One session as an instance reported it: our word and the instance's own."""
+
+    name: str
+    state: SessionState
+    raw_status: str
+
+
+Inventory = dict[str, ObservedSession]
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    """What an adapter needs to start a session on an instance."""
+
+    session_id: str
+    workspace_id: str | None = None
+    account_id: str | None = None
+    # True when the account has run before, so the instance should restore its
+    # stored auth instead of creating a fresh session that needs a QR scan.
+    resume: bool = False
+
+
+class InstanceAdapter(abc.ABC):
+    """Talks to one instance pod. Subclasses know one protocol; nothing else does."""
+
+    protocol: str
+
+    def __init__(self, http: InstanceHttp, base_url: str, api_key: str) -> None:
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+
+    @abc.abstractmethod
+    async def inventory(self) -> Inventory:
+        """Every session the instance holds, with one request."""
+
+    @abc.abstractmethod
+    async def start(self, request: SessionRequest) -> None:
+        """Start (or restore) a session. Starting one that already runs is a no-op."""
+
+    @abc.abstractmethod
+    async def stop(self, session_id: str, workspace_id: str | None) -> None:
+        """Stop a session. Stopping one that is absent is a no-op."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def normalize(word: str) -> SessionState:
+        """Map the instance's own state word onto SessionState; unknown words are UNKNOWN."""
