@@ -1,18 +1,101 @@
-"""The `wa-controller` command."""
+"""The `wa-controller` command: run the operator, run an instance simulator, print the CRD."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import sys
+from pathlib import Path
+
+from pydantic import ValidationError
 
 from controller import crd
+from controller.settings import Settings
+
+
+def _run_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting (--probe-interval ...), overriding the WA_* environment."""
+    for name, field in Settings.model_fields.items():
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", dest=name, default=None, metavar="VALUE",
+            help=f"{field.description or ''} (env WA_{name.upper()}, default {field.default!r})",
+        )
+    parser.add_argument("--log-format", choices=["json", "plain"], default="json")
+    parser.add_argument("--verbose", action="store_true")
+
+
+def _run(args: argparse.Namespace) -> int:
+    import kopf
+
+    from controller.handlers import build_registry
+
+    overrides = {n: getattr(args, n) for n in Settings.model_fields if getattr(args, n) is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as error:
+        print(f"wa-controller: bad configuration:\n{error}", file=sys.stderr)
+        return 2
+    kopf.configure(
+        verbose=args.verbose,
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
+    )
+    kopf.run(
+        registry=build_registry(settings),
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        standalone=settings.peering is None,
+        peering_name=settings.peering,
+        priority=settings.priority,
+        liveness_endpoint=(
+            f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
+        ),
+    )
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from controller.simulator import InstanceSimulator, serve
+
+    host, _, port = args.listen.rpartition(":")
+    try:
+        api_key = Path(args.api_key_file).read_text().strip()
+    except OSError as error:
+        print(f"wa-controller: cannot read --api-key-file: {error}", file=sys.stderr)
+        return 2
+    simulator = InstanceSimulator(
+        protocol=args.protocol, api_key=api_key, worker_id=args.worker_id or args.listen,
+        auto_pair=args.auto_pair,
+    )
+    print(f"simulating a {args.protocol} instance on http://{host}:{port}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(simulator, host or "127.0.0.1", int(port)))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wa-controller", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator")
+    _run_flags(run)
+
+    simulate = commands.add_parser(
+        "simulate-instance", help="serve a simulated WhatsApp instance (blazz or waha)"
+    )
+    simulate.add_argument("--protocol", choices=["blazz", "waha"], required=True)
+    simulate.add_argument("--listen", required=True, metavar="HOST:PORT")
+    simulate.add_argument("--api-key-file", required=True, metavar="FILE")
+    simulate.add_argument("--auto-pair", type=float, default=None, metavar="SECONDS",
+                          help="sessions waiting for a QR scan pair by themselves after this")
+    simulate.add_argument("--worker-id", default=None, help="WAHA worker id (default: --listen)")
+
     commands.add_parser("crd", help="print the WAAccount CustomResourceDefinition (YAML)")
+
     args = parser.parse_args(argv)
-    if args.command == "crd":
-        sys.stdout.write(crd.render())
+    if args.command == "run":
+        return _run(args)
+    if args.command == "simulate-instance":
+        return _simulate(args)
+    sys.stdout.write(crd.render())
     return 0

@@ -63,3 +63,57 @@ def namespace(control_plane: ControlPlane) -> Iterator[str]:
 @pytest.fixture
 def kubectl(control_plane: ControlPlane, namespace: str) -> Kubectl:
     return Kubectl(control_plane.kubeconfig, namespace)
+
+
+# --- the operator's world: API clients, instance simulators, accounts ---------------
+
+import base64  # noqa: E402
+import os  # noqa: E402
+
+from kubernetes import client as k8s  # noqa: E402
+from kubernetes import config as k8s_config  # noqa: E402
+
+from tests.harness import Accounts, Fleet  # noqa: E402
+
+API_KEY = "test-api-key-7f3a"
+
+
+@pytest.fixture(scope="session")
+def api_client(control_plane: ControlPlane) -> Iterator[k8s.ApiClient]:
+    # The operator (kopf and its own client) finds the cluster the way it would
+    # outside one: through KUBECONFIG.
+    os.environ["KUBECONFIG"] = str(control_plane.kubeconfig)
+    configuration = k8s.Configuration()
+    k8s_config.load_kube_config(str(control_plane.kubeconfig),
+                                client_configuration=configuration)
+    with k8s.ApiClient(configuration) as api_client:
+        yield api_client
+
+
+@pytest.fixture
+def core(api_client: k8s.ApiClient) -> k8s.CoreV1Api:
+    return k8s.CoreV1Api(api_client)
+
+
+@pytest.fixture
+def accounts(api_client: k8s.ApiClient, namespace: str) -> Accounts:
+    return Accounts(k8s.CustomObjectsApi(api_client), namespace)
+
+
+@pytest.fixture
+def api_key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "api-key"
+    path.write_text(API_KEY)
+    return path
+
+
+@pytest.fixture
+def fleet(core: k8s.CoreV1Api, namespace: str, api_key_file: Path) -> Iterator[Fleet]:
+    """Instance pods backed by simulators; the API key Secret the operator reads."""
+    core.create_namespaced_secret(namespace, {
+        "metadata": {"name": "wa-controller-instances"},
+        "data": {"api-key": base64.b64encode(API_KEY.encode()).decode()},
+    })
+    instances = Fleet(core, namespace, api_key_file)
+    yield instances
+    instances.stop_all()

@@ -1,0 +1,279 @@
+"""The observer: one probe loop per instance pod, and the fleet view they keep.
+
+Each pod gets one inventory request per interval, and one at once when its pod
+event or a placement says something changed. Loops run concurrently with
+timeouts, so a slow or dead pod never delays the others. Accounts register the
+session they care about and are woken when it changes, or when the set of
+eligible pods does. Probing runs only while accounts are registered: on a
+paused (standby) replica kopf stops the account daemons, so it probes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from controller.fleet import InstanceDefaults, PodHealth, PodSnapshot, PodView, pod_view
+from controller.instances import (
+    PROTOCOLS,
+    InstanceAdapter,
+    InstanceAuthError,
+    InstanceHttp,
+    InstanceUnavailable,
+    Inventory,
+)
+
+logger = logging.getLogger("wa_controller.observer")
+
+PodKey = tuple[str, str]  # (namespace, name)
+
+
+class ApiKey:
+    """The instances' API key, read from a Secret and re-read when an instance refuses it."""
+
+    def __init__(self, read: Any, *, min_refresh_interval: float = 5.0) -> None:
+        self._read = read  # async () -> str | None
+        self._value: str | None = None
+        self._read_at = 0.0
+        self._min_refresh_interval = min_refresh_interval
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> str:
+        if self._value is None:
+            await self.refresh()
+        return self._value or ""
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            if time.monotonic() - self._read_at < self._min_refresh_interval:
+                return
+            self._read_at = time.monotonic()
+            value = await self._read()
+            if value is None:
+                logger.error("the instance API key Secret is missing or has no such key")
+            self._value = value
+
+
+@dataclass
+class _PodState:
+    view: PodView
+    body: Mapping[str, Any]
+    health: PodHealth = PodHealth.UNPROBED
+    inventory: Inventory = field(default_factory=dict)
+    failures: int = 0
+    pending: dict[str, float] = field(default_factory=dict)  # session -> expiry (monotonic)
+    poke: asyncio.Event = field(default_factory=asyncio.Event)
+    probed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    last_error: str | None = None
+
+
+class Observer:
+    def __init__(
+        self,
+        *,
+        http: InstanceHttp,
+        api_key: ApiKey,
+        defaults: InstanceDefaults,
+        interval: float,
+        failure_threshold: int,
+        pending_ttl: float,
+    ) -> None:
+        self._http = http
+        self._api_key = api_key
+        self._defaults = defaults
+        self._interval = interval
+        self._failure_threshold = failure_threshold
+        self._pending_ttl = pending_ttl
+        self._pods: dict[PodKey, _PodState] = {}
+        self._watchers: dict[tuple[str, str], set[asyncio.Event]] = defaultdict(set)
+        self._demand = asyncio.Event()
+        self.probes = 0  # inventory requests sent, for the benchmark and metrics
+
+    # --- pods, from kopf's pod events ------------------------------------------
+
+    def pod_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        view = pod_view(body, self._defaults, tuple(PROTOCOLS))
+        state = self._pods.get(view.key)
+        if event_type == "DELETED":
+            if state is not None:
+                if state.task:
+                    state.task.cancel()
+                del self._pods[view.key]
+                self._wake_namespace(view.namespace)
+            return
+        if state is None:
+            state = self._pods[view.key] = _PodState(view=view, body=body)
+            state.task = asyncio.get_running_loop().create_task(
+                self._probe_loop(view.key), name=f"probe {view.namespace}/{view.name}"
+            )
+            self._wake_namespace(view.namespace)
+            return
+        before = state.view
+        state.view, state.body = view, body
+        if before != view:
+            state.poke.set()
+            self._wake_namespace(view.namespace)
+
+    async def close(self) -> None:
+        tasks = [s.task for s in self._pods.values() if s.task]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- what decisions read ---------------------------------------------------
+
+    def snapshot(self, namespace: str) -> list[PodSnapshot]:
+        now = time.monotonic()
+        pods = []
+        for (ns, _), state in self._pods.items():
+            if ns != namespace:
+                continue
+            state.pending = {s: t for s, t in state.pending.items() if t > now}
+            pods.append(PodSnapshot(
+                view=state.view,
+                health=PodHealth.DOWN if state.view.problem else state.health,
+                sessions=dict(state.inventory),
+                pending=frozenset(state.pending),
+            ))
+        return pods
+
+    def reserve(self, namespace: str, pod: str, session: str) -> None:
+        """Count a placement on the pod until it is observed there (or the grace ends)."""
+        state = self._pods.get((namespace, pod))
+        if state is not None:
+            state.pending[session] = time.monotonic() + self._pending_ttl
+            state.poke.set()
+
+    def release(self, namespace: str, pod: str, session: str) -> None:
+        state = self._pods.get((namespace, pod))
+        if state is not None:
+            state.pending.pop(session, None)
+
+    def refresh(self, namespace: str, pod: str) -> None:
+        """Probe one pod now (after an instance call or a webhook)."""
+        state = self._pods.get((namespace, pod))
+        if state is not None:
+            state.poke.set()
+
+    def adapter(self, namespace: str, pod: str, api_key: str) -> InstanceAdapter | None:
+        state = self._pods.get((namespace, pod))
+        if state is None or state.view.url is None or state.view.problem:
+            return None
+        return PROTOCOLS[state.view.protocol](self._http, state.view.url, api_key)
+
+    async def api_key(self) -> str:
+        return await self._api_key.get()
+
+    async def wait_probed(self, namespace: str, within: float) -> None:
+        """Wait until every pod of the namespace answered (or failed) once."""
+        waits = [s.probed.wait() for (ns, _), s in self._pods.items() if ns == namespace]
+        if waits:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(within):
+                    await asyncio.gather(*waits)
+
+    # --- accounts register the session they care about -------------------------
+
+    def watch(self, namespace: str, session: str, wake: asyncio.Event) -> None:
+        self._watchers[(namespace, session)].add(wake)
+        if not self._demand.is_set():
+            self._demand.set()
+            for state in self._pods.values():
+                state.poke.set()  # resuming: look at everything at once
+
+    def unwatch(self, namespace: str, session: str, wake: asyncio.Event) -> None:
+        watchers = self._watchers.get((namespace, session))
+        if watchers is not None:
+            watchers.discard(wake)
+            if not watchers:
+                del self._watchers[(namespace, session)]
+        if not self._watchers:
+            self._demand.clear()
+
+    def _wake(self, namespace: str, sessions: set[str]) -> None:
+        for session in sessions:
+            for wake in self._watchers.get((namespace, session), ()):
+                wake.set()
+
+    def _wake_namespace(self, namespace: str) -> None:
+        for (ns, _), watchers in self._watchers.items():
+            if ns == namespace:
+                for wake in watchers:
+                    wake.set()
+
+    # --- probing ---------------------------------------------------------------
+
+    async def _probe_loop(self, key: PodKey) -> None:
+        while True:
+            await self._demand.wait()
+            state = self._pods.get(key)
+            if state is None:
+                return
+            state.poke.clear()
+            await self._probe(state)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await state.poke.wait()
+
+    async def _probe(self, state: _PodState) -> None:
+        view = state.view
+        before_health, before_inventory = state.health, state.inventory
+        if view.problem or view.url is None:
+            state.health, state.inventory = PodHealth.DOWN, {}
+        else:
+            api_key = await self._api_key.get()
+            adapter = PROTOCOLS[view.protocol](self._http, view.url, api_key)
+            self.probes += 1
+            try:
+                inventory = await adapter.inventory()
+            except InstanceAuthError as error:
+                await self._auth_failed(state, error)
+            except InstanceUnavailable as error:
+                state.failures += 1
+                state.last_error = f"{error.kind}: {error}"
+                down = state.failures >= self._failure_threshold
+                if down:
+                    state.health, state.inventory = PodHealth.DOWN, {}
+                elif state.health is PodHealth.OK:
+                    state.health = PodHealth.SUSPECT
+                if down and before_health is not PodHealth.DOWN:
+                    logger.warning("instance pod %s/%s is down after %d failed probes: %s",
+                                   view.namespace, view.name, state.failures, state.last_error)
+            else:
+                if before_health is PodHealth.AUTH_FAILED:
+                    logger.info("instance pod %s/%s accepts the API key again",
+                                view.namespace, view.name)
+                state.health, state.inventory, state.failures = PodHealth.OK, inventory, 0
+                state.last_error = None
+                for session in inventory:
+                    state.pending.pop(session, None)
+        state.probed.set()
+        if state.health is not before_health:
+            self._wake_namespace(view.namespace)
+        else:
+            self._wake(view.namespace, _changed(before_inventory, state.inventory))
+
+    async def _auth_failed(self, state: _PodState, error: InstanceAuthError) -> None:
+        view = state.view
+        if state.health is not PodHealth.AUTH_FAILED:
+            # One log line and one event per pod and transition: never a storm.
+            logger.error("instance pod %s/%s refused the API key (HTTP 401); "
+                         "check the Secret named by WA_API_KEY_SECRET", view.namespace, view.name)
+            kopf.event(dict(state.body), type="Warning", reason="InstanceAuthFailed",
+                       message="the instance refused the controller's API key (HTTP 401)")
+        state.health, state.inventory = PodHealth.AUTH_FAILED, {}
+        state.last_error = f"auth: {error}"
+        await self._api_key.refresh()  # the key may have been fixed: next probe uses it
+
+
+def _changed(before: Inventory, after: Inventory) -> set[str]:
+    return {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}

@@ -1,0 +1,145 @@
+"""The imperative shell around `decide`: one loop per account, woken by what concerns it.
+
+A pass reads the account and the fleet view, asks `decide`, reserves placements
+(before any await, so concurrent passes see them), writes the status guarded by
+resourceVersion, then makes the instance calls and posts the events. A pass that
+loses a write race does nothing else and runs again on the fresh object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from controller.api import WAAccountSpec, WAAccountStatus
+from controller.decisions import Account, Decision, Policy, StartSession, StopSession, decide
+from controller.instances import InstanceError, SessionRequest
+from controller.kube import Kube
+from controller.observer import Observer
+
+logger = logging.getLogger("wa_controller.reconciler")
+
+
+def status_patch(old: Mapping[str, Any], new: WAAccountStatus) -> dict[str, Any]:
+    """A merge patch that turns status `old` into `new` (null removes a field)."""
+    wanted = new.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {**{key: None for key in old if key not in wanted}, **wanted}
+
+
+class Reconciler:
+    def __init__(
+        self, *, observer: Observer, kube: Kube, policy: Policy, resync_interval: float,
+        warmup_timeout: float,
+    ) -> None:
+        self._observer = observer
+        self._kube = kube
+        self._policy = policy
+        self._resync_interval = resync_interval
+        self._warmup_timeout = warmup_timeout
+        self._wakes: dict[str, asyncio.Event] = {}
+        self.writes = 0  # status patches sent, for the benchmark and metrics
+
+    def poke(self, uid: str) -> None:
+        """Something about this account changed: run its loop now."""
+        wake = self._wakes.get(uid)
+        if wake is not None:
+            wake.set()
+
+    async def run_account(self, body: kopf.Body) -> None:
+        """The account's loop, for as long as kopf keeps its daemon (cancelled on stop)."""
+        namespace, uid = body.metadata.namespace, body.metadata.uid
+        session = str((body.spec or {}).get("sessionId", ""))
+        wake = self._wakes[uid] = asyncio.Event()
+        self._observer.watch(namespace, session, wake)
+        try:
+            await self._observer.wait_probed(namespace, self._warmup_timeout)
+            while True:
+                wake.clear()
+                await self.reconcile(body)
+                # Spread the periodic re-decisions so a restart does not stampede.
+                timeout = self._resync_interval * random.uniform(0.9, 1.1)  # noqa: S311
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await wake.wait()
+        finally:
+            self._observer.unwatch(namespace, session, wake)
+            if self._wakes.get(uid) is wake:
+                del self._wakes[uid]
+
+    async def reconcile(self, body: kopf.Body) -> None:
+        account = _account(body)
+        if account is None:
+            return
+        decision = decide(
+            account,
+            self._observer.snapshot(account.namespace),
+            self._policy,
+            datetime.now(UTC).replace(microsecond=0),
+        )
+        for action in decision.actions:
+            if isinstance(action, StartSession):
+                self._observer.reserve(account.namespace, action.pod, account.spec.session_id)
+        if decision.changes(account.status):
+            written = await self._kube.patch_status(
+                account.namespace, account.name, str(body.metadata["resourceVersion"]),
+                status_patch(body.get("status") or {}, decision.status),
+            )
+            self.writes += 1
+            if not written:
+                for action in decision.actions:
+                    self._observer.release(account.namespace, action.pod, account.spec.session_id)
+                return  # the fresh object's watch event wakes this loop again
+        for event in decision.events:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        await self._act(body, account, decision)
+
+    async def _act(self, body: kopf.Body, account: Account, decision: Decision) -> None:
+        api_key = await self._observer.api_key()
+        for action in decision.actions:
+            adapter = self._observer.adapter(account.namespace, action.pod, api_key)
+            try:
+                if adapter is None:
+                    raise InstanceError(f"pod {action.pod} is gone")
+                if isinstance(action, StartSession):
+                    await adapter.start(SessionRequest(
+                        session_id=account.spec.session_id,
+                        workspace_id=account.spec.workspace_id,
+                        account_id=account.spec.account_uuid,
+                        resume=action.resume,
+                    ))
+                elif isinstance(action, StopSession):
+                    await adapter.stop(account.spec.session_id, account.spec.workspace_id)
+            except InstanceError as error:
+                verb = "start" if isinstance(action, StartSession) else "stop"
+                logger.warning("%s/%s: %s of session %s on %s failed: %s", account.namespace,
+                               account.name, verb, account.spec.session_id, action.pod, error)
+                kopf.event(body, type="Warning", reason="InstanceCallFailed",
+                           message=f"{verb} on {action.pod} failed ({error.kind}): {error}")
+                self._observer.release(account.namespace, action.pod, account.spec.session_id)
+            self._observer.refresh(account.namespace, action.pod)
+
+
+def _account(body: kopf.Body) -> Account | None:
+    """The account as plain data; a body the schema let through but we cannot read is
+    reported on the object, never raised."""
+    try:
+        return Account(
+            namespace=body.metadata.namespace,
+            name=body.metadata.name,
+            generation=int(body.metadata.get("generation") or 0),
+            spec=WAAccountSpec.model_validate(dict(body.spec)),
+            status=WAAccountStatus.model_validate(dict(body.status)),
+        )
+    except ValidationError as error:
+        message = f"cannot read this WAAccount: {error.errors()[0]['msg']}"
+        logger.warning("%s/%s: %s", body.metadata.namespace, body.metadata.name, message)
+        kopf.event(body, type="Warning", reason="InvalidAccount", message=message)
+        return None

@@ -1,0 +1,112 @@
+"""Controller settings: environment variables (WA_*) and `wa-controller run` flags."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from controller.decisions import Policy
+from controller.fleet import InstanceDefaults
+from controller.instances import PROTOCOLS
+
+
+class Settings(BaseSettings):
+    """Everything the operator can be told. Every field is also `WA_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="WA_", extra="forbid")
+
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Namespaces to serve (comma-separated in the environment); empty: all.",
+    )
+    instance_selector: str = Field(
+        "app.kubernetes.io/component=whatsapp-instance",
+        description="Label selector (k=v[,k=v]) that finds instance pods.",
+    )
+    default_protocol: str = Field("blazz", description="Protocol of pods without an annotation.")
+    default_port: int = Field(3000, ge=1, le=65535)
+    default_capacity: int = Field(50, ge=0, description="Max sessions of a pod without annotation.")
+    url_template: str = Field(
+        "http://{ip}:{port}",
+        description="Instance URL built from the pod: {ip} {port} {pod} {namespace} {subdomain}.",
+    )
+    probe_interval: float = Field(30.0, gt=0, description="Seconds between inventory probes.")
+    probe_timeout: float = Field(5.0, gt=0, description="Seconds before a probe gives up.")
+    probe_failure_threshold: int = Field(
+        3, ge=1, description="Failed probes in a row before a pod's sessions count as gone."
+    )
+    start_grace: float = Field(60.0, ge=0, description="Seconds a started session has to appear.")
+    max_start_attempts: int = Field(3, ge=1, description="Starts before an account is Lost.")
+    resync_interval: float = Field(
+        300.0, gt=0, description="Seconds between re-decisions of an account nothing woke."
+    )
+    api_key_secret: str = Field(
+        "wa-controller-instances", description="Secret (in the operator's namespace) with the key."
+    )
+    api_key_secret_key: str = Field("api-key", description="Key of the API key in that Secret.")
+    operator_namespace: str = Field("default", description="Namespace the operator runs in.")
+    peering: str | None = Field(
+        None, description="kopf peering object name; unset runs standalone (a single replica)."
+    )
+    priority: int = Field(0, description="Peering priority: the highest one acts.")
+    liveness_port: int | None = Field(8080, description="Port of /healthz; unset: none.")
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("default_protocol")
+    @classmethod
+    def _known_protocol(cls, value: str) -> str:
+        if value not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {value!r}; known: {', '.join(PROTOCOLS)}")
+        return value
+
+    @field_validator("instance_selector")
+    @classmethod
+    def _equality_selector(cls, value: str) -> str:
+        _parse_selector(value)
+        return value
+
+    @field_validator("url_template")
+    @classmethod
+    def _template_fields(cls, value: str) -> str:
+        try:
+            value.format(ip="10.0.0.1", port=1, pod="p", namespace="n", subdomain="s")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"bad url_template {value!r}: {error}") from None
+        return value
+
+    @property
+    def selector_labels(self) -> dict[str, str]:
+        return _parse_selector(self.instance_selector)
+
+    @property
+    def instance_defaults(self) -> InstanceDefaults:
+        return InstanceDefaults(
+            protocol=self.default_protocol, port=self.default_port,
+            capacity=self.default_capacity, url_template=self.url_template,
+        )
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(
+            start_grace=timedelta(seconds=self.start_grace),
+            max_start_attempts=self.max_start_attempts,
+        )
+
+
+def _parse_selector(selector: str) -> dict[str, str]:
+    labels = {}
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        key, sep, value = term.partition("=")
+        if not sep or not key or "!" in key or value.startswith("="):
+            raise ValueError(f"instance selector term {term!r} is not key=value")
+        labels[key.strip()] = value.strip()
+    return labels

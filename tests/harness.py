@@ -1,0 +1,213 @@
+"""Test helpers: instance simulators on loopback, Pod objects that point at them, the operator
+in-process (kopf's KopfRunner), and waiting with deadlines."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from kopf.testing import KopfRunner
+from kubernetes import client
+
+from controller import api
+from controller.handlers import build_registry
+from controller.settings import Settings
+from controller.testing.control_plane import free_port
+
+T = TypeVar("T")
+INSTANCE_LABELS = {"app.kubernetes.io/component": "whatsapp-instance"}
+_addresses = itertools.count(10)
+
+
+def wait_for(
+    what: str, probe: Callable[[], T | None], *, timeout: float = 30.0, every: float = 0.2
+) -> T:
+    """Poll `probe` until it returns something truthy, or fail saying what never happened."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last saw {last!r}")
+
+
+def next_loopback() -> str:
+    """A fresh 127.0.0.x address: the pod IP of one simulated instance."""
+    n = next(_addresses)
+    return f"127.0.{n // 250}.{n % 250 + 2}"
+
+
+@dataclass
+class Simulator:
+    """One `wa-controller simulate-instance` process and its control API."""
+
+    protocol: str
+    ip: str
+    port: int
+    process: subprocess.Popen[bytes]
+    api_key_file: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.ip}:{self.port}"
+
+    def control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        answer = httpx.request(method, f"{self.url}/_sim/{path}", json=body, timeout=10)
+        answer.raise_for_status()
+        return answer.json()
+
+    def sessions(self) -> dict[str, dict[str, Any]]:
+        return self.control("GET", "sessions")
+
+    def put(self, session: str, state: str = "working") -> None:
+        self.control("PUT", f"sessions/{session}", {"state": state})
+
+    def remove(self, session: str) -> None:
+        self.control("DELETE", f"sessions/{session}")
+
+    def move(self, session: str, to: Simulator) -> None:
+        self.control("POST", "move", {"session": session, "to": to.url})
+
+    def fault(self, mode: str, delay: float = 0.0) -> None:
+        self.control("POST", "fault", {"mode": mode, "delay": delay})
+
+    def configure(self, **options: Any) -> None:
+        self.control("POST", "config", options)
+
+    def requests(self) -> int:
+        return int(self.control("GET", "stats")["total"])
+
+    def stop(self) -> None:
+        self.process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        if self.process.poll() is None:
+            self.process.kill()
+
+
+def start_simulator(protocol: str, api_key_file: Path, *, auto_pair: float | None = None
+                    ) -> Simulator:
+    ip = next_loopback()
+    port = free_port(ip)
+    argv = [sys.executable, "-m", "controller", "simulate-instance", "--protocol", protocol,
+            "--listen", f"{ip}:{port}", "--api-key-file", str(api_key_file)]
+    if auto_pair is not None:
+        argv += ["--auto-pair", str(auto_pair)]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sim = Simulator(protocol, ip, port, process, api_key_file)
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"simulator exited: {process.stderr.read().decode()}")
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{sim.url}/_sim/stats", timeout=1).status_code == 200
+        return False
+
+    wait_for(f"the {protocol} simulator on {sim.url}", answers, timeout=20)
+    return sim
+
+
+@dataclass
+class Fleet:
+    """Instance Pod objects in one namespace, each pointing at a simulator."""
+
+    core: client.CoreV1Api
+    namespace: str
+    api_key_file: Path
+    simulators: dict[str, Simulator] = field(default_factory=dict)
+
+    def add(self, name: str, protocol: str = "blazz", *, capacity: int = 50, ready: bool = True,
+            labels: dict[str, str] | None = None, auto_pair: float | None = None) -> Simulator:
+        sim = start_simulator(protocol, self.api_key_file, auto_pair=auto_pair)
+        self.simulators[name] = sim
+        pod = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": name, "labels": {**INSTANCE_LABELS, **(labels or {})},
+                "annotations": {"wa-controller.io/protocol": protocol,
+                                "wa-controller.io/port": str(sim.port),
+                                "wa-controller.io/capacity": str(capacity)},
+            },
+            # nodeName: with no kubelet, a deleted pod then stays Terminating, as in life.
+            "spec": {"nodeName": "simulated-node",
+                     "containers": [{"name": "instance", "image": "wa-controller:sim"}]},
+        }
+        self.core.create_namespaced_pod(self.namespace, pod)
+        self.set_status(name, ready=ready, ip=sim.ip)
+        return sim
+
+    def set_status(self, name: str, *, ready: bool, ip: str | None = None) -> None:
+        ip = ip or self.simulators[name].ip
+        status = {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "conditions": [
+            {"type": "Ready", "status": "True" if ready else "False"}]}
+        self.core.patch_namespaced_pod_status(name, self.namespace, {"status": status})
+
+    def terminate(self, name: str) -> None:
+        """Delete gracefully: with no kubelet the pod stays Terminating."""
+        self.core.delete_namespaced_pod(name, self.namespace)
+
+    def remove(self, name: str) -> None:
+        """The pod is gone for good (and its process with it)."""
+        self.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0)
+        self.simulators.pop(name).stop()
+
+    def stop_all(self) -> None:
+        for sim in self.simulators.values():
+            sim.stop()
+
+
+class Accounts:
+    """WAAccounts in one namespace, through the real API server."""
+
+    def __init__(self, custom: client.CustomObjectsApi, namespace: str) -> None:
+        self.custom = custom
+        self.namespace = namespace
+
+    def create(self, name: str, session: str | None = None, **spec: Any) -> None:
+        body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name},
+                "spec": {"sessionId": session or name, **spec}}
+        self.custom.create_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.PLURAL, body)
+
+    def patch_spec(self, name: str, **spec: Any) -> None:
+        self.custom.patch_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.PLURAL, name, {"spec": spec})
+
+    def get(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.PLURAL, name)
+
+    def all(self) -> dict[str, dict[str, Any]]:
+        items = self.custom.list_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.PLURAL)["items"]
+        return {item["metadata"]["name"]: item for item in items}
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.get(name).get("status") or {}
+
+    def pod_of(self, name: str) -> str | None:
+        return (self.status(name).get("instance") or {}).get("pod")
+
+    def events(self, core: client.CoreV1Api, name: str) -> list[tuple[str, str, str]]:
+        items = core.list_namespaced_event(
+            self.namespace, field_selector=f"involvedObject.name={name}").items
+        return [(e.type, e.reason, e.message) for e in items]
+
+
+@contextlib.contextmanager
+def running_operator(settings: Settings) -> Iterator[KopfRunner]:
+    """The operator in-process, as `wa-controller run` runs it, against the test cluster."""
+    args = ["run", "--standalone", "--verbose"]
+    args += [f"--namespace={ns}" for ns in settings.namespaces]
+    with KopfRunner(args, registry=build_registry(settings), timeout=60) as runner:
+        yield runner
