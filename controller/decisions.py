@@ -45,6 +45,9 @@ class Account:
     generation: int
     spec: WAAccountSpec
     status: WAAccountStatus
+    # Since when no pod shows the session (kept in memory by the shell): an instance
+    # that restarts restores its sessions over a few seconds; give it the grace.
+    missing_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class Decision:
     status: WAAccountStatus
     actions: tuple[Action, ...] = ()
     events: tuple[Event, ...] = ()
+    recheck_after: timedelta | None = None  # decide again then, even if nothing changes
 
     def changes(self, recorded: WAAccountStatus) -> bool:
         return self.status != recorded
@@ -119,6 +123,7 @@ class _Draft:
     status: WAAccountStatus = field(init=False)
     actions: list[Action] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    recheck_after: timedelta | None = None
 
     def __post_init__(self) -> None:
         self.status = self.account.status.model_copy(
@@ -149,7 +154,9 @@ class _Draft:
             )
 
     def decision(self) -> Decision:
-        return Decision(self.status, tuple(self.actions), tuple(self.events))
+        return Decision(
+            self.status, tuple(self.actions), tuple(self.events), self.recheck_after
+        )
 
 
 def decide(
@@ -160,7 +167,9 @@ def decide(
     session = account.spec.session_id
     holders = sorted(
         (p for p in fleet if p.trusted and session in p.sessions),
+        # A fresh answer beats a remembered one; then the most alive copy; then stay put.
         key=lambda p: (
+            p.health is not PodHealth.OK,
             _LIVENESS[p.sessions[session].state],
             p.name != _recorded_pod(account),
             p.name,
@@ -201,7 +210,9 @@ def _observed(
     session = draft.account.spec.session_id
     keeper, *duplicates = holders
     for duplicate in duplicates:
-        if duplicate.sessions[session].state is not SessionState.STOPPED:
+        # Only a copy seen just now is stopped: a failing pod's memory may be stale.
+        if (duplicate.health is PodHealth.OK
+                and duplicate.sessions[session].state is not SessionState.STOPPED):
             draft.actions.append(StopSession(duplicate.name))
             draft.event(
                 "Warning", "DuplicateSession",
@@ -255,9 +266,13 @@ def _nowhere(draft: _Draft, fleet: Sequence[PodSnapshot], policy: Policy) -> Non
         return
     if recorded is not None and recorded.health is PodHealth.UNPROBED:
         return  # not probed yet: no opinion
-    just_started = _within_grace(account.status, policy, draft.now)
-    if recorded is not None and recorded.trusted and just_started:
-        return  # started there a moment ago: give it time to show up
+    if recorded is not None and recorded.trusted:
+        # Started there, or vanished from there, a moment ago: give it time to show up.
+        since = max(filter(None, (account.status.last_start_time, account.missing_since)),
+                    default=None)
+        if since is not None and draft.now - since < policy.start_grace:
+            draft.recheck_after = policy.start_grace - (draft.now - since)
+            return
     _recover(draft, fleet, policy, restart_on=None, observed=None)
 
 
@@ -278,6 +293,7 @@ def _recover(
     status = account.status
     session = account.spec.session_id
     if observed is not None and _within_grace(status, policy, draft.now):
+        draft.recheck_after = policy.start_grace - (draft.now - status.last_start_time)
         draft.phase(Phase.FAILED, f"session is {observed.raw_status}; restarting it")
         draft.condition(READY, "False", "SessionFailed", f"instance reports {observed.raw_status}")
         return

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from controller.api import WAAccountSpec, WAAccountStatus
 from controller.decisions import Account, Decision, Policy, StartSession, StopSession, decide
+from controller.fleet import PodSnapshot
 from controller.instances import InstanceError, SessionRequest
 from controller.kube import Kube
 from controller.observer import Observer
@@ -45,6 +46,8 @@ class Reconciler:
         self._resync_interval = resync_interval
         self._warmup_timeout = warmup_timeout
         self._wakes: dict[str, asyncio.Event] = {}
+        self._rechecks: dict[str, float] = {}  # uid -> seconds until decide must run again
+        self._missing_since: dict[str, datetime] = {}
         self.writes = 0  # status patches sent, for the benchmark and metrics
 
     def poke(self, uid: str) -> None:
@@ -55,7 +58,7 @@ class Reconciler:
 
     async def run_account(self, body: kopf.Body) -> None:
         """The account's loop, for as long as kopf keeps its daemon (cancelled on stop)."""
-        namespace, uid = body.metadata.namespace, body.metadata.uid
+        namespace, uid = body.metadata.namespace, account_uid(body)
         session = str((body.spec or {}).get("sessionId", ""))
         wake = self._wakes[uid] = asyncio.Event()
         self._observer.watch(namespace, session, wake)
@@ -65,7 +68,8 @@ class Reconciler:
                 wake.clear()
                 await self.reconcile(body)
                 # Spread the periodic re-decisions so a restart does not stampede.
-                timeout = self._resync_interval * random.uniform(0.9, 1.1)  # noqa: S311
+                timeout = min(self._resync_interval * random.uniform(0.9, 1.1),  # noqa: S311
+                              self._rechecks.pop(uid, float("inf")))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await wake.wait()
@@ -73,17 +77,17 @@ class Reconciler:
             self._observer.unwatch(namespace, session, wake)
             if self._wakes.get(uid) is wake:
                 del self._wakes[uid]
+                self._missing_since.pop(uid, None)
 
     async def reconcile(self, body: kopf.Body) -> None:
-        account = _account(body)
+        now = datetime.now(UTC).replace(microsecond=0)
+        fleet = self._observer.snapshot(str(body.metadata.namespace))
+        account = _account(body, self._missing_since_for(body, fleet, now))
         if account is None:
             return
-        decision = decide(
-            account,
-            self._observer.snapshot(account.namespace),
-            self._policy,
-            datetime.now(UTC).replace(microsecond=0),
-        )
+        decision = decide(account, fleet, self._policy, now)
+        if decision.recheck_after is not None:
+            self._rechecks[account_uid(body)] = decision.recheck_after.total_seconds() + 0.1
         for action in decision.actions:
             if isinstance(action, StartSession):
                 self._observer.reserve(account.namespace, action.pod, account.spec.session_id)
@@ -100,6 +104,16 @@ class Reconciler:
         for event in decision.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
         await self._act(body, account, decision)
+
+    def _missing_since_for(
+        self, body: kopf.Body, fleet: list[PodSnapshot], now: datetime
+    ) -> datetime | None:
+        session = (body.spec or {}).get("sessionId")
+        uid = account_uid(body)
+        if any(p.trusted and session in p.sessions for p in fleet):
+            self._missing_since.pop(uid, None)
+            return None
+        return self._missing_since.setdefault(uid, now)
 
     async def _act(self, body: kopf.Body, account: Account, decision: Decision) -> None:
         api_key = await self._observer.api_key()
@@ -127,7 +141,11 @@ class Reconciler:
             self._observer.refresh(account.namespace, action.pod)
 
 
-def _account(body: kopf.Body) -> Account | None:
+def account_uid(body: kopf.Body) -> str:
+    return str(body.metadata.uid)
+
+
+def _account(body: kopf.Body, missing_since: datetime | None) -> Account | None:
     """The account as plain data; a body the schema let through but we cannot read is
     reported on the object, never raised."""
     try:
@@ -137,6 +155,7 @@ def _account(body: kopf.Body) -> Account | None:
             generation=int(body.metadata.get("generation") or 0),
             spec=WAAccountSpec.model_validate(dict(body.spec)),
             status=WAAccountStatus.model_validate(dict(body.status)),
+            missing_since=missing_since,
         )
     except ValidationError as error:
         message = f"cannot read this WAAccount: {error.errors()[0]['msg']}"

@@ -293,3 +293,26 @@ def test_condition_transition_time_moves_only_on_flip() -> None:
 
     assert ready_since.last_transition_time == NOW
     assert flipped.last_transition_time == later
+
+
+def test_a_fresh_copy_beats_a_failing_pods_memory_and_is_not_stopped() -> None:
+    fleet = [pod("a", ("s1", SessionState.WORKING), health=PodHealth.SUSPECT),
+             pod("b", ("s1", SessionState.WORKING))]
+
+    decision = decide(account(on="a"), fleet, POLICY, NOW)
+
+    assert decision.status.instance.pod == "b"
+    assert decision.actions == ()
+
+
+def test_a_session_that_just_vanished_from_a_healthy_pod_gets_the_grace() -> None:
+    settled = settle(account(on="a"), [pod("a", ("s1", SessionState.WORKING))])
+    vanished = Account("ns", "acc", 1, settled.spec, settled.status,
+                       missing_since=NOW - timedelta(seconds=20))
+
+    waiting = decide(vanished, [pod("a"), pod("b")], POLICY, NOW)
+    expired = decide(vanished, [pod("a"), pod("b")], POLICY, NOW + timedelta(seconds=41))
+
+    assert waiting.actions == ()
+    assert waiting.recheck_after == timedelta(seconds=40)
+    assert expired.actions == (StartSession("a", resume=True),)
