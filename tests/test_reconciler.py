@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 
 from controller.settings import Settings
+from tests.conftest import API_KEY
 from tests.harness import Accounts, Fleet, running_operator, wait_for
 
 pytestmark = pytest.mark.integration
@@ -166,7 +167,7 @@ def test_wrong_api_key_is_a_condition_not_a_scan_storm(
     other = fleet.add("wa-1", protocol=protocol)
     holder.put("shop", "working")
     accounts.create("shop")
-    with running_operator(settings(namespace)):
+    with running_operator(settings(namespace)) as runner:
         wait_for("shop Connected", lambda: all_connected(accounts, 1))
 
         holder.configure(apiKey="rotated-key")
@@ -186,6 +187,10 @@ def test_wrong_api_key_is_a_condition_not_a_scan_storm(
         wait_for("Ready=True again", lambda: any(
             c["type"] == "Ready" and c["status"] == "True"
             for c in accounts.status("shop").get("conditions", [])), timeout=30)
+    # The keys never reach the logs, though blazz sends them in the query string.
+    assert "InstanceAuthFailed" in runner.output or "refused the API key" in runner.output
+    assert API_KEY not in runner.output
+    assert "rotated-key" not in runner.output
 
 
 @pytest.mark.parametrize("fault", ["hang", "slow", "garbage"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import httpx
@@ -25,6 +26,9 @@ class InstanceHttp:
             follow_redirects=False,
         )
         self._in_flight = asyncio.Semaphore(max_in_flight)
+        # httpx logs every URL at INFO, and blazz carries the API key in the query.
+        for noisy in ("httpx", "httpcore"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
     async def aclose(self) -> None:
         await self._client.aclose()

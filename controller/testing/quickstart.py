@@ -1,0 +1,144 @@
+"""`hack/quickstart`: a control plane, three simulated instances, the operator, sample accounts.
+
+Everything runs on loopback, in the background, until `hack/quickstart down`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kubernetes import client, config
+
+from controller import api
+from controller.testing import control_plane
+
+NAMESPACE = "whatsapp-demo"
+INSTANCES = {"wa-0": ("127.0.0.2", "blazz"), "wa-1": ("127.0.0.3", "blazz"),
+             "wa-2": ("127.0.0.4", "waha")}
+API_KEY = "quickstart-key"
+
+
+def _state_dir() -> Path:
+    return control_plane._state_dir().parent / "quickstart"
+
+
+def _spawn(argv: list[str], log: Path) -> int:
+    with log.open("ab") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    return process.pid
+
+
+def up() -> None:
+    kubeconfig = control_plane.up()
+    state = _state_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    key_file = state / "api-key"
+    key_file.write_text(API_KEY)
+    configuration = client.Configuration()
+    config.load_kube_config(str(kubeconfig), client_configuration=configuration)
+    core = client.CoreV1Api(client.ApiClient(configuration))
+    custom = client.CustomObjectsApi(core.api_client)
+    with contextlib.suppress(client.ApiException):
+        core.create_namespace({"metadata": {"name": NAMESPACE}})
+    with contextlib.suppress(client.ApiException):
+        core.create_namespaced_secret(NAMESPACE, {
+            "metadata": {"name": "wa-controller-instances"},
+            "data": {"api-key": base64.b64encode(API_KEY.encode()).decode()}})
+
+    pids = []
+    for name, (ip, protocol) in INSTANCES.items():
+        port = control_plane.free_port(ip)
+        pids.append(_spawn([sys.executable, "-m", "controller", "simulate-instance",
+                            "--protocol", protocol, "--listen", f"{ip}:{port}",
+                            "--api-key-file", str(key_file), "--auto-pair", "3"],
+                           state / f"{name}.log"))
+        with contextlib.suppress(client.ApiException):
+            core.delete_namespaced_pod(name, NAMESPACE, grace_period_seconds=0)
+        core.create_namespaced_pod(NAMESPACE, {
+            "metadata": {"name": name,
+                         "labels": {"app.kubernetes.io/component": "whatsapp-instance"},
+                         "annotations": {"wa-controller.io/protocol": protocol,
+                                         "wa-controller.io/port": str(port),
+                                         "wa-controller.io/capacity": "10"}},
+            "spec": {"nodeName": "simulated-node",
+                     "containers": [{"name": "instance", "image": "wa-controller:sim"}]}})
+        core.patch_namespaced_pod_status(name, NAMESPACE, {"status": {
+            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": "True"}]}})
+
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    with (state / "operator.log").open("ab") as out:
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "controller", "run", f"--namespaces={NAMESPACE}",
+             f"--operator-namespace={NAMESPACE}", "--probe-interval=2", "--start-grace=5",
+             f"--liveness-port={control_plane.free_port()}", "--log-format=plain"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True)
+    pids.append(operator.pid)
+    (state / "pids.json").write_text(json.dumps(pids))
+
+    for i, phone in enumerate(["6281180164101", "6281180164102", "6281180164103",
+                               "6281180164104", "6281180164105", "6281180164106"]):
+        with contextlib.suppress(client.ApiException):
+            custom.create_namespaced_custom_object(api.GROUP, api.VERSION, NAMESPACE, api.PLURAL, {
+                "apiVersion": api.API_VERSION, "kind": api.KIND,
+                "metadata": {"name": f"shop-{i}"},
+                "spec": {"sessionId": f"session-{i}", "phoneNumber": f"+{phone}"}})
+
+    bin_dir = control_plane.tools_bin_dir()
+    wa0_ip = INSTANCES["wa-0"][0]
+    print(f"""
+wa-controller is running on a local control plane (logs in {state}).
+
+  export KUBECONFIG={kubeconfig}
+  export PATH={bin_dir}:$PATH
+  kubectl -n {NAMESPACE} get waaccounts -w
+
+Crash instance wa-0 and watch its accounts heal onto the other pods:
+
+  kubectl -n {NAMESPACE} delete pod wa-0 --grace-period=0 --force
+
+(or make it stop answering: curl -X POST http://{wa0_ip}:<port>/_sim/fault -d '{{"mode":"crash"}}',
+the port is in `kubectl -n {NAMESPACE} get pod wa-0 -o yaml`).
+
+Stop everything:  hack/quickstart down
+""")
+
+
+def down() -> None:
+    pids_file = _state_dir() / "pids.json"
+    if pids_file.exists():
+        pids = json.loads(pids_file.read_text())
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10  # let them exit before their control plane goes
+        while any(control_plane._alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pids_file.unlink()
+    control_plane.down()
+    print("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hack/quickstart")
+    parser.add_argument("action", nargs="?", choices=["up", "down"], default="up")
+    if parser.parse_args(argv).action == "up":
+        up()
+    else:
+        down()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
