@@ -228,3 +228,27 @@ def test_operator_restart_replaces_nothing(
     assert resource_versions(accounts) == before
     assert sum(len(s.sessions()) for s in fleet.simulators.values()) == requests_before
     assert "Placed" not in runner.output
+
+
+def test_ineligible_pods_get_nothing_and_pending_accounts_wait_for_room(
+    namespace: str, fleet: Fleet, accounts: Accounts
+) -> None:
+    fleet.add("full", capacity=1).put("already-there", "working")
+    fleet.add("unready", ready=False)
+    fleet.add("leaving")
+    fleet.terminate("leaving")
+    with running_operator(settings(namespace)):
+        accounts.create("waiting")
+        wait_for("waiting Pending", lambda: accounts.status("waiting").get("phase") == "Pending")
+        assigned = next(c for c in accounts.status("waiting")["conditions"]
+                        if c["type"] == "Assigned")
+        assert assigned["status"] == "False"
+        assert "full (1/1)" in assigned["message"]
+        assert "not Ready" in assigned["message"]
+        assert "terminating" in assigned["message"]
+
+        fleet.set_status("unready", ready=True)
+        wait_for("waiting placed once a pod is eligible",
+                 lambda: accounts.pod_of("waiting") == "unready")
+        assert "waiting" in fleet.simulators["unready"].sessions()
+        assert fleet.simulators["leaving"].sessions() == {}
