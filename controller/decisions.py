@@ -270,14 +270,17 @@ def _nowhere(draft: _Draft, fleet: Sequence[PodSnapshot], policy: Policy) -> Non
         # Started there, or vanished from there, a moment ago: give it time to show up.
         since = max(filter(None, (account.status.last_start_time, account.missing_since)),
                     default=None)
-        if since is not None and draft.now - since < policy.start_grace:
-            draft.recheck_after = policy.start_grace - (draft.now - since)
+        if (left := _grace_left(since, policy, draft.now)) is not None:
+            draft.recheck_after = left
             return
     _recover(draft, fleet, policy, restart_on=None, observed=None)
 
 
-def _within_grace(status: WAAccountStatus, policy: Policy, now: datetime) -> bool:
-    return status.last_start_time is not None and now - status.last_start_time < policy.start_grace
+def _grace_left(since: datetime | None, policy: Policy, now: datetime) -> timedelta | None:
+    """How long `since` still has to show a session, or None when the grace is over."""
+    if since is None or now - since >= policy.start_grace:
+        return None
+    return policy.start_grace - (now - since)
 
 
 def _recover(
@@ -292,8 +295,9 @@ def _recover(
     account = draft.account
     status = account.status
     session = account.spec.session_id
-    if observed is not None and _within_grace(status, policy, draft.now):
-        draft.recheck_after = policy.start_grace - (draft.now - status.last_start_time)
+    left = _grace_left(status.last_start_time, policy, draft.now)
+    if observed is not None and left is not None:
+        draft.recheck_after = left
         draft.phase(Phase.FAILED, f"session is {observed.raw_status}; restarting it")
         draft.condition(READY, "False", "SessionFailed", f"instance reports {observed.raw_status}")
         return

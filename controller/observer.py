@@ -96,7 +96,6 @@ class Observer:
         self._pods: dict[PodKey, _PodState] = {}
         self._watchers: dict[tuple[str, str], set[asyncio.Event]] = defaultdict(set)
         self._demand = asyncio.Event()
-        self.probes = 0  # inventory requests sent, for the benchmark and metrics
 
     # --- pods, from kopf's pod events ------------------------------------------
 
@@ -166,9 +165,12 @@ class Observer:
 
     def adapter(self, namespace: str, pod: str, api_key: str) -> InstanceAdapter | None:
         state = self._pods.get((namespace, pod))
-        if state is None or state.view.url is None or state.view.problem:
+        return None if state is None else self._adapter(state.view, api_key)
+
+    def _adapter(self, view: PodView, api_key: str) -> InstanceAdapter | None:
+        if view.url is None or view.problem:
             return None
-        return PROTOCOLS[state.view.protocol](self._http, state.view.url, api_key)
+        return PROTOCOLS[view.protocol](self._http, view.url, api_key)
 
     async def api_key(self) -> str:
         return await self._api_key.get()
@@ -227,12 +229,10 @@ class Observer:
     async def _probe(self, state: _PodState) -> None:
         view = state.view
         before_health, before_inventory = state.health, state.inventory
-        if view.problem or view.url is None:
+        adapter = self._adapter(view, await self._api_key.get())
+        if adapter is None:
             state.health, state.inventory = PodHealth.DOWN, {}
         else:
-            api_key = await self._api_key.get()
-            adapter = PROTOCOLS[view.protocol](self._http, view.url, api_key)
-            self.probes += 1
             try:
                 inventory = await adapter.inventory()
             except InstanceAuthError as error:

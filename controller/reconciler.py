@@ -48,7 +48,6 @@ class Reconciler:
         self._wakes: dict[str, asyncio.Event] = {}
         self._rechecks: dict[str, float] = {}  # uid -> seconds until decide must run again
         self._missing_since: dict[str, datetime] = {}
-        self.writes = 0  # status patches sent, for the benchmark and metrics
 
     def poke(self, uid: str) -> None:
         """Something about this account changed: run its loop now."""
@@ -96,7 +95,6 @@ class Reconciler:
                 account.namespace, account.name, str(body.metadata["resourceVersion"]),
                 status_patch(body.get("status") or {}, decision.status),
             )
-            self.writes += 1
             if not written:
                 for action in decision.actions:
                     self._observer.release(account.namespace, action.pod, account.spec.session_id)

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -321,18 +321,18 @@ def _terminate(pid: int) -> None:
 
 # --- `hack/control-plane up|down`: one control plane that outlives the command ---
 
-def _state_dir() -> Path:
+def state_dir() -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return Path(os.environ.get("WA_CONTROL_PLANE_DIR", cache / "wa-controller" / "control-plane"))
 
 
 def up() -> Path:
     """Start a detached control plane (or reuse the running one); return its kubeconfig."""
-    workdir = _state_dir()
+    workdir = state_dir()
     state_file = workdir / "state.json"
     if state_file.exists():
         state = json.loads(state_file.read_text())
-        if all(_alive(pid) for pid in state["pids"]):
+        if all(alive(pid) for pid in state["pids"]):
             return Path(state["kubeconfig"])
         down()
     plane = ControlPlane(workdir, detached=True)
@@ -343,22 +343,27 @@ def up() -> Path:
 
 def down() -> None:
     """Stop the detached control plane and forget its data."""
-    workdir = _state_dir()
+    workdir = state_dir()
     state_file = workdir / "state.json"
     if state_file.exists():
-        pids = json.loads(state_file.read_text())["pids"]
-        for pid in reversed(pids):
-            _terminate(pid)
-        deadline = time.monotonic() + 15
-        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_processes(reversed(json.loads(state_file.read_text())["pids"]))
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def stop_processes(pids: Iterable[int], grace: float = 15.0) -> None:
+    """SIGTERM each process, wait up to `grace` seconds, then SIGKILL what is left."""
+    pids = list(pids)
+    for pid in pids:
+        _terminate(pid)
+    deadline = time.monotonic() + grace
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -10,10 +10,8 @@ import base64
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from kubernetes import client, config
@@ -28,7 +26,7 @@ API_KEY = "quickstart-key"
 
 
 def _state_dir() -> Path:
-    return control_plane._state_dir().parent / "quickstart"
+    return control_plane.state_dir().parent / "quickstart"
 
 
 def _spawn(argv: list[str], log: Path) -> int:
@@ -118,13 +116,8 @@ Stop everything:  hack/quickstart down
 def down() -> None:
     pids_file = _state_dir() / "pids.json"
     if pids_file.exists():
-        pids = json.loads(pids_file.read_text())
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10  # let them exit before their control plane goes
-        while any(control_plane._alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        # Simulators and the operator exit before their control plane goes.
+        control_plane.stop_processes(json.loads(pids_file.read_text()), grace=10)
         pids_file.unlink()
     control_plane.down()
     print("stopped")
