@@ -34,6 +34,8 @@ class Policy:
 
     start_grace: timedelta = timedelta(seconds=60)
     max_start_attempts: int = 3
+    # How soon to look again while a copy of a session is being confirmed by a new probe.
+    confirm_after: timedelta = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class Account:
     # Since when no pod shows the session (kept in memory by the shell): an instance
     # that restarts restores its sessions over a few seconds; give it the grace.
     missing_since: datetime | None = None
+    # Since when the session shows on more than one pod (kept by the shell too): a copy
+    # seen before then may be a dead pod's memory, not a second running session.
+    duplicate_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,14 @@ class StopSession:
     pod: str
 
 
-Action = StartSession | StopSession
+@dataclass(frozen=True)
+class ProbePod:
+    """Ask the pod for its inventory now: what we remember of it needs confirming."""
+
+    pod: str
+
+
+Action = StartSession | StopSession | ProbePod
 
 
 @dataclass(frozen=True)
@@ -208,6 +220,8 @@ def _observed(
     draft: _Draft, holders: list[PodSnapshot], fleet: Sequence[PodSnapshot], policy: Policy
 ) -> None:
     session = draft.account.spec.session_id
+    if _unconfirmed_copies(draft, holders, policy):
+        return
     keeper, *duplicates = holders
     for duplicate in duplicates:
         # Only a copy seen just now is stopped: a failing pod's memory may be stale.
@@ -252,6 +266,23 @@ def _observed(
         )
     else:  # stopped or failed while it should run: restart it where it is
         _recover(draft, fleet, policy, restart_on=keeper, observed=observed)
+
+
+def _unconfirmed_copies(draft: _Draft, holders: list[PodSnapshot], policy: Policy) -> bool:
+    """Two answering pods show the session, one of them from before it showed twice.
+
+    An instance that crashed a moment ago still looks healthy in our memory while its
+    sessions already run elsewhere: re-ask before choosing a copy or stopping one.
+    """
+    answering = [p for p in holders if p.health is PodHealth.OK]
+    since = draft.account.duplicate_since
+    if len(answering) < 2 or since is None:
+        return False
+    stale = [p for p in answering if p.observed_at is None or p.observed_at < since]
+    draft.actions.extend(ProbePod(p.name) for p in stale)
+    if stale:
+        draft.recheck_after = policy.confirm_after
+    return bool(stale)
 
 
 def _nowhere(draft: _Draft, fleet: Sequence[PodSnapshot], policy: Policy) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -131,6 +132,7 @@ class PodSnapshot:
     health: PodHealth
     sessions: Mapping[str, ObservedSession] = field(default_factory=dict)
     pending: frozenset[str] = frozenset()  # placed here, not yet observed
+    observed_at: datetime | None = None  # when the inventory in `sessions` was asked for
 
     @property
     def name(self) -> str:

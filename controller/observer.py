@@ -17,6 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -74,6 +75,7 @@ class _PodState:
     probed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     last_error: str | None = None
+    observed_at: datetime | None = None
 
 
 class Observer:
@@ -142,6 +144,7 @@ class Observer:
                 health=PodHealth.DOWN if state.view.problem else state.health,
                 sessions=dict(state.inventory),
                 pending=frozenset(state.pending),
+                observed_at=state.observed_at,
             ))
         return pods
 
@@ -230,6 +233,7 @@ class Observer:
         view = state.view
         before_health, before_inventory = state.health, state.inventory
         adapter = self._adapter(view, await self._api_key.get())
+        asked_at = datetime.now(UTC)
         if adapter is None:
             state.health, state.inventory = PodHealth.DOWN, {}
         else:
@@ -253,11 +257,14 @@ class Observer:
                     logger.info("instance pod %s/%s accepts the API key again",
                                 view.namespace, view.name)
                 state.health, state.inventory, state.failures = PodHealth.OK, inventory, 0
+                state.observed_at = asked_at
                 state.last_error = None
                 for session in inventory:
                     state.pending.pop(session, None)
         state.probed.set()
         if state.health is not before_health:
+            logger.info("instance pod %s/%s is %s (was %s)", view.namespace, view.name,
+                        state.health.value, before_health.value)
             self._wake_namespace(view.namespace)
         else:
             self._wake(view.namespace, _changed(before_inventory, state.inventory))

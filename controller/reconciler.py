@@ -20,7 +20,15 @@ import kopf
 from pydantic import ValidationError
 
 from controller.api import WAAccountSpec, WAAccountStatus
-from controller.decisions import Account, Decision, Policy, StartSession, StopSession, decide
+from controller.decisions import (
+    Account,
+    Decision,
+    Policy,
+    ProbePod,
+    StartSession,
+    StopSession,
+    decide,
+)
 from controller.fleet import PodSnapshot
 from controller.instances import InstanceError, SessionRequest
 from controller.kube import Kube
@@ -48,6 +56,7 @@ class Reconciler:
         self._wakes: dict[str, asyncio.Event] = {}
         self._rechecks: dict[str, float] = {}  # uid -> seconds until decide must run again
         self._missing_since: dict[str, datetime] = {}
+        self._duplicate_since: dict[str, datetime] = {}
 
     def poke(self, uid: str) -> None:
         """Something about this account changed: run its loop now."""
@@ -77,45 +86,50 @@ class Reconciler:
             if self._wakes.get(uid) is wake:
                 del self._wakes[uid]
                 self._missing_since.pop(uid, None)
+                self._duplicate_since.pop(uid, None)
 
     async def reconcile(self, body: kopf.Body) -> None:
-        now = datetime.now(UTC).replace(microsecond=0)
+        precise_now = datetime.now(UTC)
+        now = precise_now.replace(microsecond=0)  # what status records
         fleet = self._observer.snapshot(str(body.metadata.namespace))
-        account = _account(body, self._missing_since_for(body, fleet, now))
+        account = _account(body, *self._copies_since(body, fleet, precise_now))
         if account is None:
             return
         decision = decide(account, fleet, self._policy, now)
         if decision.recheck_after is not None:
             self._rechecks[account_uid(body)] = decision.recheck_after.total_seconds() + 0.1
-        for action in decision.actions:
-            if isinstance(action, StartSession):
-                self._observer.reserve(account.namespace, action.pod, account.spec.session_id)
+        starts = [a for a in decision.actions if isinstance(a, StartSession)]
+        for start in starts:
+            self._observer.reserve(account.namespace, start.pod, account.spec.session_id)
         if decision.changes(account.status):
             written = await self._kube.patch_status(
                 account.namespace, account.name, str(body.metadata["resourceVersion"]),
                 status_patch(body.get("status") or {}, decision.status),
             )
             if not written:
-                for action in decision.actions:
-                    self._observer.release(account.namespace, action.pod, account.spec.session_id)
+                for start in starts:
+                    self._observer.release(account.namespace, start.pod, account.spec.session_id)
                 return  # the fresh object's watch event wakes this loop again
         for event in decision.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
         await self._act(body, account, decision)
 
-    def _missing_since_for(
+    def _copies_since(
         self, body: kopf.Body, fleet: list[PodSnapshot], now: datetime
-    ) -> datetime | None:
+    ) -> tuple[datetime | None, datetime | None]:
+        """Since when the session shows on no pod, and since when on more than one."""
         session = (body.spec or {}).get("sessionId")
         uid = account_uid(body)
-        if any(p.trusted and session in p.sessions for p in fleet):
-            self._missing_since.pop(uid, None)
-            return None
-        return self._missing_since.setdefault(uid, now)
+        copies = sum(p.trusted and session in p.sessions for p in fleet)
+        return (_since(self._missing_since, uid, now, copies == 0),
+                _since(self._duplicate_since, uid, now, copies > 1))
 
     async def _act(self, body: kopf.Body, account: Account, decision: Decision) -> None:
         api_key = await self._observer.api_key()
         for action in decision.actions:
+            if isinstance(action, ProbePod):
+                self._observer.refresh(account.namespace, action.pod)
+                continue
             adapter = self._observer.adapter(account.namespace, action.pod, api_key)
             try:
                 if adapter is None:
@@ -139,11 +153,21 @@ class Reconciler:
             self._observer.refresh(account.namespace, action.pod)
 
 
+def _since(store: dict[str, datetime], uid: str, now: datetime, holds: bool) -> datetime | None:
+    """When a condition that holds now started holding (forgotten once it does not)."""
+    if holds:
+        return store.setdefault(uid, now)
+    store.pop(uid, None)
+    return None
+
+
 def account_uid(body: kopf.Body) -> str:
     return str(body.metadata.uid)
 
 
-def _account(body: kopf.Body, missing_since: datetime | None) -> Account | None:
+def _account(
+    body: kopf.Body, missing_since: datetime | None, duplicate_since: datetime | None
+) -> Account | None:
     """The account as plain data; a body the schema let through but we cannot read is
     reported on the object, never raised."""
     try:
@@ -154,6 +178,7 @@ def _account(body: kopf.Body, missing_since: datetime | None) -> Account | None:
             spec=WAAccountSpec.model_validate(dict(body.spec)),
             status=WAAccountStatus.model_validate(dict(body.status)),
             missing_since=missing_since,
+            duplicate_since=duplicate_since,
         )
     except ValidationError as error:
         message = f"cannot read this WAAccount: {error.errors()[0]['msg']}"

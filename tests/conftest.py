@@ -73,7 +73,7 @@ import os  # noqa: E402
 from kubernetes import client as k8s  # noqa: E402
 from kubernetes import config as k8s_config  # noqa: E402
 
-from tests.harness import Accounts, Fleet  # noqa: E402
+from controller.testing.harness import Accounts, Fleet  # noqa: E402
 
 API_KEY = "test-api-key-7f3a"
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from controller.api import DesiredState, InstanceRef, Phase, WAAccountSpec, WAAccountStatus
-from controller.decisions import Account, Policy, StartSession, StopSession, decide
+from controller.decisions import Account, Policy, ProbePod, StartSession, StopSession, decide
 from controller.fleet import PodHealth, PodSnapshot, PodView
 from controller.instances import ObservedSession, SessionState
 
@@ -24,6 +25,7 @@ def pod(
     capacity: int = 10,
     labels: dict[str, str] | None = None,
     pending: frozenset[str] = frozenset(),
+    observed_at: datetime = NOW,
 ) -> PodSnapshot:
     view = PodView(
         name=name, namespace="ns", ip=f"10.0.0.{len(name)}", ready=ready,
@@ -31,7 +33,7 @@ def pod(
         capacity=capacity, url=f"http://{name}:3000",
     )
     observed = {s: ObservedSession(s, state, state.value.upper()) for s, state in sessions}
-    return PodSnapshot(view, health, observed, pending)
+    return PodSnapshot(view, health, observed, pending, observed_at)
 
 
 def account(
@@ -226,6 +228,47 @@ def test_session_on_two_pods_keeps_the_working_one() -> None:
     assert decision.status.instance.pod == "b"
     assert decision.actions == (StopSession("a"),)
     assert ("Warning", "DuplicateSession") in [(e.type, e.reason) for e in decision.events]
+
+
+def test_a_copy_remembered_from_before_it_showed_twice_is_confirmed_before_anything() -> None:
+    # The recorded pod crashed a moment ago: its last inventory still lists the session,
+    # which already runs on b. Stopping b on that memory would kill the live copy.
+    acc = settle(account(on="a"), [pod("a", ("s1", SessionState.WORKING))])
+    acc = dataclasses.replace(acc, duplicate_since=NOW - timedelta(seconds=1))
+    fleet = [pod("a", ("s1", SessionState.WORKING), observed_at=NOW - timedelta(seconds=9)),
+             pod("b", ("s1", SessionState.WORKING))]
+
+    decision = decide(acc, fleet, POLICY, NOW)
+
+    assert decision.actions == (ProbePod("a"),)
+    assert not decision.changes(acc.status)
+    assert decision.events == ()
+    assert decision.recheck_after == POLICY.confirm_after
+
+
+def test_a_confirmed_duplicate_keeps_the_recorded_copy_and_stops_the_other() -> None:
+    acc = settle(account(on="a"), [pod("a", ("s1", SessionState.WORKING))])
+    acc = dataclasses.replace(acc, duplicate_since=NOW - timedelta(seconds=1))
+    fleet = [pod("a", ("s1", SessionState.WORKING)), pod("b", ("s1", SessionState.WORKING))]
+
+    decision = decide(acc, fleet, POLICY, NOW)
+
+    assert decision.status.instance.pod == "a"
+    assert decision.actions == (StopSession("b"),)
+
+
+def test_a_copy_whose_pod_stopped_answering_is_left_and_the_live_one_recorded() -> None:
+    acc = settle(account(on="a"), [pod("a", ("s1", SessionState.WORKING))])
+    acc = dataclasses.replace(acc, duplicate_since=NOW - timedelta(seconds=1))
+    fleet = [pod("a", ("s1", SessionState.WORKING), health=PodHealth.SUSPECT,
+                 observed_at=NOW - timedelta(seconds=9)),
+             pod("b", ("s1", SessionState.WORKING))]
+
+    decision = decide(acc, fleet, POLICY, NOW)
+
+    assert decision.status.instance.pod == "b"
+    assert decision.actions == ()
+    assert [e.reason for e in decision.events] == ["Reassigned"]
 
 
 def test_auth_failure_on_recorded_pod_keeps_the_assignment_and_scans_nothing() -> None:

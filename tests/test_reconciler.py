@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 
 from controller.settings import Settings
+from controller.testing.harness import Accounts, Fleet, running_operator, wait_for
 from tests.conftest import API_KEY
-from tests.harness import Accounts, Fleet, running_operator, wait_for
 
 pytestmark = pytest.mark.integration
 

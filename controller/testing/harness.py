@@ -1,5 +1,5 @@
-"""Test helpers: instance simulators on loopback, Pod objects that point at them, the operator
-in-process (kopf's KopfRunner), and waiting with deadlines."""
+"""Helpers for tests and the benchmark: instance simulators on loopback, Pod objects that
+point at them, the operator in-process (kopf's KopfRunner), and waiting with deadlines."""
 
 from __future__ import annotations
 

@@ -1,0 +1,309 @@
+"""`hack/benchmark`: the operator against a simulated fleet on a real control plane, and the
+seed's algorithm on the same fleet, side by side.
+
+It starts its own control plane, N blazz simulators with their Pod objects, and the operator
+as a separate process (so its RSS is its own), then measures a burst of creations, the
+steady state, an instance crash whose sessions reappear elsewhere, and an instance that is
+gone with its sessions. Figures are printed; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from kubernetes import client, config
+
+from controller.testing.control_plane import ControlPlane, free_port
+from controller.testing.harness import Accounts, Fleet, Simulator, wait_for
+
+NAMESPACE = "bench"
+API_KEY = "benchmark-key"
+SEED_TIMEOUT = 5.0  # the seed's per-instance timeout while it searches
+
+
+@dataclass
+class Report:
+    rows: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def add(self, what: str, ours: str, seed: str = "") -> None:
+        self.rows.append((what, ours, seed))
+        print(f"  {what}: {ours}" + (f"   (seed: {seed})" if seed else ""), flush=True)
+
+    def print(self) -> None:
+        width = max(len(r[0]) for r in self.rows)
+        ours_width = max(len(r[1]) for r in [*self.rows, ("", "wa-controller", "")])
+        print(f"\n{'':{width}}  {'wa-controller':{ours_width}}  seed algorithm")
+        for what, ours, seed in self.rows:
+            print(f"{what:{width}}  {ours:{ours_width}}  {seed}")
+
+
+@dataclass
+class Operator:
+    process: subprocess.Popen[bytes]
+
+    def memory_mib(self) -> tuple[float, float]:
+        """(current RSS, peak RSS) in MiB, from /proc."""
+        fields = dict(line.split(":", 1) for line in
+                      Path(f"/proc/{self.process.pid}/status").read_text().splitlines())
+        return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+
+    def cpu_seconds(self) -> float:
+        stat = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Bench:
+    def __init__(self, plane: ControlPlane, workdir: Path, args: argparse.Namespace) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.report = Report()
+        configuration = client.Configuration()
+        config.load_kube_config(str(plane.kubeconfig), client_configuration=configuration)
+        configuration.connection_pool_maxsize = 32
+        self.api = client.ApiClient(configuration)
+        self.core = client.CoreV1Api(self.api)
+        self.accounts = Accounts(client.CustomObjectsApi(self.api), NAMESPACE)
+        self.kubeconfig = plane.kubeconfig
+        key_file = workdir / "api-key"
+        key_file.write_text(API_KEY)
+        self.fleet = Fleet(self.core, NAMESPACE, key_file)
+        self.operator: Operator | None = None
+
+    # --- the world -------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.core.create_namespace({"metadata": {"name": NAMESPACE}})
+        self.core.create_namespaced_secret(NAMESPACE, {
+            "metadata": {"name": "wa-controller-instances"},
+            "data": {"api-key": base64.b64encode(API_KEY.encode()).decode()}})
+        capacity = self.args.capacity or -(-self.args.accounts * 3 // (2 * self.args.pods))
+        for i in range(self.args.pods):
+            self.fleet.add(f"wa-{i}", "blazz", capacity=capacity, auto_pair=0.5)
+        log = (self.workdir / "operator.log").open("ab")
+        self.operator = Operator(subprocess.Popen(
+            [sys.executable, "-m", "controller", "run", f"--namespaces={NAMESPACE}",
+             f"--operator-namespace={NAMESPACE}", f"--probe-interval={self.args.probe_interval}",
+             "--start-grace=30", f"--liveness-port={free_port()}", "--log-format=json"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)}))
+        print(f"fleet: {self.args.pods} blazz pods (capacity {capacity}), "
+              f"probe interval {self.args.probe_interval} s; operator log {log.name}", flush=True)
+
+    def close(self) -> None:
+        if self.operator is not None:
+            self.operator.process.terminate()
+            try:
+                self.operator.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.operator.process.kill()
+        self.fleet.stop_all()
+        self.api.close()
+
+    def sims(self) -> dict[str, Simulator]:
+        return self.fleet.simulators
+
+    def placements(self) -> dict[str, tuple[str | None, str | None]]:
+        """Account name -> (pod, phase), as status says."""
+        return {name: ((item.get("status") or {}).get("instance", {}).get("pod"),
+                       (item.get("status") or {}).get("phase"))
+                for name, item in self.accounts.all().items()}
+
+    def resource_versions(self) -> dict[str, str]:
+        return {name: item["metadata"]["resourceVersion"]
+                for name, item in self.accounts.all().items()}
+
+    def event_count(self) -> int:
+        return len(self.core.list_namespaced_event(NAMESPACE).items)
+
+    def event_reasons(self) -> str:
+        reasons = Counter(e.reason for e in self.core.list_namespaced_event(NAMESPACE).items
+                          for _ in range(e.count or 1))
+        return ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
+
+    def instance_requests(self) -> int:
+        return sum(sim.requests() for sim in self.sims().values())
+
+    # --- phases ------------------------------------------------------------------------
+
+    def burst(self) -> None:
+        n = self.args.accounts
+        print(f"\nburst: creating {n} WAAccounts at once", flush=True)
+        started = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda i: self.accounts.create(
+                f"acct-{i:05d}", phoneNumber=f"+62811{i:07d}"), range(n)))
+        created = time.monotonic() - started
+
+        def all_connected() -> dict[str, tuple[str | None, str | None]] | None:
+            now = self.placements()
+            return now if sum(p == "Connected" for _, p in now.values()) == n else None
+
+        placed = wait_for(f"all {n} accounts Connected", all_connected, timeout=900, every=1)
+        elapsed = time.monotonic() - started
+        spread = Counter(pod for pod, _ in placed.values())
+        loads = [spread.get(name, 0) for name in self.sims()]
+        self.report.add("burst: creations sent", f"{created:.1f} s")
+        self.report.add("burst: all Connected", f"{elapsed:.1f} s after the first creation")
+        self.report.add("burst: spread per pod", f"min {min(loads)} / max {max(loads)} "
+                        f"/ stdev {statistics.pstdev(loads):.2f}")
+        self.report.add("burst: events", self.event_reasons())
+
+    def steady_state(self) -> None:
+        cycles = self.args.steady_cycles
+        interval = self.args.probe_interval
+        print(f"\nsteady state: watching {cycles} probe cycles", flush=True)
+        time.sleep(interval)  # let the last placements' events and probes settle
+        assert self.operator is not None
+        versions, events = self.resource_versions(), self.event_count()
+        requests, cpu = self.instance_requests(), self.operator.cpu_seconds()
+        time.sleep(cycles * interval)
+        written = sum(v != versions.get(k) for k, v in self.resource_versions().items())
+        new_events = self.event_count() - events
+        per_cycle = (self.instance_requests() - requests) / cycles
+        cpu_share = (self.operator.cpu_seconds() - cpu) / (cycles * interval) * 100
+        seed = self.seed_cycle()
+        self.report.add("steady: HTTP requests per probe cycle", f"{per_cycle:.1f}",
+                        f"{seed['requests']} (one per account), {seed['seconds']:.1f} s per cycle")
+        self.report.add("steady: API writes per cycle",
+                        f"{(written + new_events) / cycles:.1f} "
+                        f"({written} status, {new_events} events in {cycles} cycles)")
+        self.report.add("steady: operator CPU", f"{cpu_share:.1f} % of one core")
+        rss, peak = self.operator.memory_mib()
+        self.report.add("operator RSS", f"{rss:.0f} MiB (peak {peak:.0f} MiB)")
+
+    def crash_sessions_reappear(self) -> None:
+        """The seed's "instance crash": a pod stops answering, its sessions come back on others."""
+        victim, others = "wa-0", [n for n in self.sims() if n != "wa-0"]
+        recorded = {name: pod for name, (pod, _) in self.placements().items()}
+        sessions = sorted(self.sims()[victim].sessions())
+        print(f"\ncrash: {victim} stops answering; its {len(sessions)} sessions "
+              "reappear on the other pods", flush=True)
+        versions = self.resource_versions()
+        started = time.monotonic()
+        self.sims()[victim].fault("crash")
+        moved_to = {s: others[i % len(others)] for i, s in enumerate(sessions)}
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda s: self.sims()[moved_to[s]].put(s), sessions))
+        reappeared = time.monotonic() - started
+
+        def all_right() -> bool:
+            now = self.placements()
+            return all(now[s] == (pod, "Connected") for s, pod in moved_to.items())
+
+        wait_for("every moved account's status to name its new pod", all_right, timeout=300)
+        elapsed = time.monotonic() - started
+        unmoved_written = sum(v != versions[k] for k, v in self.resource_versions().items()
+                              if k not in moved_to)
+        seed = self.seed_repair(recorded, victim=victim)
+        hung = seed["seconds"] + seed["victim_requests"] * SEED_TIMEOUT
+        self.report.add("crash: moved accounts all right",
+                        f"{elapsed:.1f} s ({reappeared:.1f} s of it for the sessions to "
+                        f"reappear); {unmoved_written} unmoved accounts written",
+                        f"{seed['seconds']:.1f} s, {seed['requests']} requests, "
+                        f"{seed['found']}/{len(recorded)} found; >= {hung:.0f} s if the "
+                        "instance hangs instead of refusing")
+
+    def crash_pod_gone(self) -> None:
+        """A pod is gone with its sessions: the operator starts them on the least loaded."""
+        victim = "wa-1"
+        affected = [name for name, (pod, _) in self.placements().items() if pod == victim]
+        print(f"\npod gone: {victim} is deleted with its {len(affected)} sessions", flush=True)
+        started = time.monotonic()
+        self.fleet.remove(victim)
+
+        def all_replaced() -> bool:
+            now = self.placements()
+            return all(now[a][0] not in (None, victim) and now[a][1] == "Connected"
+                       for a in affected)
+
+        wait_for("every account of the gone pod Connected elsewhere", all_replaced, timeout=300)
+        self.report.add("pod gone: its accounts Connected elsewhere",
+                        f"{time.monotonic() - started:.1f} s",
+                        "never (the seed does not re-place)")
+
+    # --- the seed's algorithm, on the same fleet ---------------------------------------
+
+    def seed_cycle(self) -> dict[str, Any]:
+        """The seed's health check: one status request per account to its recorded instance."""
+        recorded = {name: pod for name, (pod, _) in self.placements().items()}
+        return self.seed_repair(recorded)
+
+    def seed_repair(self, recorded: dict[str, str | None], victim: str = "") -> dict[str, Any]:
+        """Per account, ask the recorded instance; on a miss ask every instance, one by one,
+        each with a 5 s timeout (the seed's rediscovery)."""
+        urls = {name: sim.url for name, sim in self.sims().items()}
+        requests = found = victim_requests = 0
+        started = time.monotonic()
+        with httpx.Client(timeout=SEED_TIMEOUT) as http:
+            def has(url: str, session: str) -> bool:
+                nonlocal requests, victim_requests
+                requests += 1
+                victim_requests += url == urls.get(victim)
+                try:
+                    return http.get(f"{url}/api/sessions/{session}/status",
+                                    params={"api_key": API_KEY}).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            for session, pod in recorded.items():
+                if pod in urls and has(urls[pod], session):
+                    found += 1
+                    continue
+                found += any(has(url, session) for name, url in urls.items() if name != pod)
+        return {"requests": requests, "seconds": time.monotonic() - started, "found": found,
+                "victim_requests": victim_requests}
+
+
+@contextmanager
+def _control_plane() -> Iterator[tuple[ControlPlane, Path]]:
+    """A control plane of its own; the working directory (with the operator's log) is kept."""
+    workdir = Path(tempfile.mkdtemp(prefix="wa-bench-"))
+    plane = ControlPlane(workdir / "control-plane")
+    plane.start()
+    try:
+        yield plane, workdir
+    finally:
+        plane.stop()
+        shutil.rmtree(workdir / "control-plane", ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hack/benchmark", description=__doc__)
+    parser.add_argument("--pods", type=int, default=10)
+    parser.add_argument("--accounts", type=int, default=1000)
+    parser.add_argument("--capacity", type=int, default=0, help="per pod (default: 1.5x fair)")
+    parser.add_argument("--probe-interval", type=float, default=5.0)
+    parser.add_argument("--steady-cycles", type=int, default=3)
+    args = parser.parse_args(argv)
+    phases: list[Callable[[Bench], None]] = [
+        Bench.burst, Bench.steady_state, Bench.crash_sessions_reappear, Bench.crash_pod_gone]
+    with _control_plane() as (plane, workdir):
+        bench = Bench(plane, workdir, args)
+        try:
+            bench.setup()
+            for phase in phases:
+                phase(bench)
+        finally:
+            bench.close()
+        bench.report.print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
