@@ -96,6 +96,27 @@ def test_instance_crash_moves_only_the_affected_accounts(
         assert "Placed" not in reasons
 
 
+def test_sessions_restored_elsewhere_before_the_crash_is_noticed_are_not_stopped(
+    namespace: str, fleet: Fleet, accounts: Accounts
+) -> None:
+    # wa-0 still looks Ready and healthy in memory when its sessions already run on
+    # wa-1: the live copies must be kept, not stopped as duplicates.
+    for name in ("wa-0", "wa-1"):
+        fleet.add(name)
+    seed_sessions(fleet, accounts, {"wa-0": ["a1", "a2", "a3"]})
+    with running_operator(settings(namespace, probe_interval=3.0, probe_failure_threshold=3)):
+        wait_for("every account Connected", lambda: all_connected(accounts, 3))
+        fleet.simulators["wa-0"].fault("crash")
+        for session in ("a1", "a2", "a3"):
+            fleet.simulators["wa-1"].put(session)
+
+        wait_for("a1, a2 and a3 recorded on wa-1",
+                 lambda: {accounts.pod_of(s) for s in ("a1", "a2", "a3")} == {"wa-1"})
+        assert set(fleet.simulators["wa-1"].sessions()) == {"a1", "a2", "a3"}
+        reasons = {r for s in ("a1", "a2", "a3") for _, r, _ in accounts.events(fleet.core, s)}
+        assert "DuplicateSession" not in reasons
+
+
 def test_server_restart_shuffles_sessions_and_all_are_corrected(
     namespace: str, fleet: Fleet, accounts: Accounts
 ) -> None:
