@@ -73,6 +73,31 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from controller.mirror import engine_for, upgrade
+    from controller.mirror.rows import explain_failure
+
+    overrides = {"database_url": args.database_url, "mirror_table": args.mirror_table}
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        print(f"wa-controller: bad configuration:\n{error}", file=sys.stderr)
+        return 2
+    engine = engine_for(settings.database_url.get_secret_value())
+    try:
+        upgrade(engine, settings.mirror_table)
+    except SQLAlchemyError as error:
+        failure = explain_failure(error)
+        print(f"wa-controller: {failure.message} [{failure.reason}]", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(f"the mirror table {settings.mirror_table!r} is at the latest schema")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wa-controller", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -92,10 +117,19 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("crd", help="print the WAAccount CustomResourceDefinition (YAML)")
 
+    database = commands.add_parser("db", help="the SQL mirror's schema")
+    database.add_argument("action", choices=["upgrade"], help="apply the migrations")
+    database.add_argument("--database-url", default=None, metavar="URL",
+                          help="SQLAlchemy URL (env WA_DATABASE_URL)")
+    database.add_argument("--mirror-table", default=None, metavar="NAME",
+                          help="table name (env WA_MIRROR_TABLE)")
+
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args)
     if args.command == "simulate-instance":
         return _simulate(args)
+    if args.command == "db":
+        return _db_upgrade(args)
     sys.stdout.write(crd.render())
     return 0

@@ -57,8 +57,9 @@ def build_registry(config: Settings) -> kopf.OperatorRegistry:
         memo.services.observer.pod_event(event.get("type"), event["object"])
 
     @kopf.on.event(*waaccounts, registry=registry)
-    async def account_changed(uid: str, memo: kopf.Memo, **_: Any) -> None:
+    async def account_changed(event: kopf.RawEvent, uid: str, memo: kopf.Memo, **_: Any) -> None:
         memo.services.reconciler.poke(uid)
+        memo.services.mirror.observe(event.get("type"), event["object"])
 
     @kopf.daemon(*waaccounts, registry=registry, cancellation_timeout=10)
     async def account_loop(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

@@ -52,6 +52,16 @@ class Kube:
             raise
         return True
 
+    async def list_accounts(self, namespaces: list[str]) -> list[dict[str, Any]]:
+        """Every WAAccount in the namespaces (all namespaces when empty), as plain dicts."""
+        args = (api.GROUP, api.VERSION)
+        if not namespaces:
+            answers = [await self._custom.list_cluster_custom_object(*args, api.PLURAL)]
+        else:
+            answers = [await self._custom.list_namespaced_custom_object(*args, ns, api.PLURAL)
+                       for ns in namespaces]
+        return [item for answer in answers for item in answer["items"]]
+
     async def secret_value(self, namespace: str, name: str, key: str) -> str | None:
         """One value of a Secret, or None when the Secret or the key is absent."""
         try:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from controller.instances import InstanceHttp
 from controller.kube import Kube
+from controller.mirror import Mirror, MirrorStore, engine_for
 from controller.observer import ApiKey, Observer
 from controller.reconciler import Reconciler
 from controller.settings import Settings
@@ -18,6 +19,7 @@ class Services:
     http: InstanceHttp
     observer: Observer
     reconciler: Reconciler
+    mirror: Mirror
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -42,9 +44,19 @@ class Services:
             resync_interval=settings.resync_interval,
             warmup_timeout=settings.probe_timeout * 2,
         )
-        return cls(settings, kube, http, observer, reconciler)
+        mirror = Mirror(
+            MirrorStore(engine_for(settings.database_url.get_secret_value()),
+                        settings.mirror_table, settings.notify_channel or None),
+            list_accounts=lambda: kube.list_accounts(settings.namespaces),
+            patch_status=kube.patch_status,
+            migrate=settings.database_migrate,
+            retry_max=settings.mirror_retry_max,
+        )
+        mirror.start()
+        return cls(settings, kube, http, observer, reconciler, mirror)
 
     async def close(self) -> None:
+        await self.mirror.close()
         await self.observer.close()
         await self.http.aclose()
         await self.kube.close()

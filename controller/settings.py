@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from controller.decisions import Policy
 from controller.fleet import InstanceDefaults
 from controller.instances import PROTOCOLS
+from controller.mirror.schema import IDENTIFIER
 
 
 class Settings(BaseSettings):
@@ -53,12 +54,34 @@ class Settings(BaseSettings):
     )
     priority: int = Field(0, description="Peering priority: the highest one acts.")
     liveness_port: int | None = Field(8080, description="Port of /healthz; unset: none.")
+    database_url: SecretStr = Field(
+        SecretStr("sqlite:///wa-controller-mirror.sqlite"),
+        description="SQLAlchemy URL of the mirror database (postgresql+psycopg://...); "
+        "default: an SQLite file in the working directory.",
+    )
+    mirror_table: str = Field("whatsapp_accounts", description="Name of the mirror table.")
+    database_migrate: bool = Field(
+        True, description="Apply the mirror's migrations at start (else: wa-controller db upgrade)."
+    )
+    notify_channel: str = Field(
+        "wa_accounts", description="PostgreSQL NOTIFY channel for changed rows; empty: none."
+    )
+    mirror_retry_max: float = Field(
+        30.0, gt=0, description="Most seconds between attempts while the database fails."
+    )
 
     @field_validator("namespaces", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("mirror_table", "notify_channel")
+    @classmethod
+    def _identifier(cls, value: str, info: ValidationInfo) -> str:
+        if value and not IDENTIFIER.match(value):
+            raise ValueError(f"{info.field_name} {value!r} is not a lower-case SQL identifier")
         return value
 
     @field_validator("default_protocol")

@@ -26,3 +26,15 @@ ensure_tools() {
   export WA_TOOLS_BIN
   export PATH="$WA_TOOLS_BIN:$PATH"
 }
+
+# PostgreSQL for the mirror's tests, from Debian's packages (the tests start their own
+# server on loopback; nothing is configured system-wide).
+ensure_postgres() {
+  if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    local sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+      postgresql >/dev/null
+  fi
+}

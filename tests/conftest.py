@@ -117,3 +117,29 @@ def fleet(core: k8s.CoreV1Api, namespace: str, api_key_file: Path) -> Iterator[F
     instances = Fleet(core, namespace, api_key_file)
     yield instances
     instances.stop_all()
+
+
+# --- PostgreSQL for the mirror ------------------------------------------------------
+
+from controller.testing.postgres import Postgres, PostgresError  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    server = Postgres()
+    try:
+        server.start()
+    except PostgresError as error:
+        pytest.fail(f"the test PostgreSQL did not start:\n{error}", pytrace=False)
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def pg_database(postgres: Postgres) -> Iterator[str]:
+    """A fresh, empty database per test; yields its name."""
+    name = f"t_{secrets.token_hex(4)}"
+    postgres.sql(f"CREATE DATABASE {name}")
+    yield name
+    if postgres.running:
+        postgres.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

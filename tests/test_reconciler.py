@@ -6,20 +6,18 @@ from collections import Counter
 
 import pytest
 
-from controller.settings import Settings
-from controller.testing.harness import Accounts, Fleet, running_operator, wait_for
+from controller.testing.harness import (
+    Accounts,
+    Fleet,
+    all_connected,
+    running_operator,
+    seed_sessions,
+    wait_for,
+)
+from controller.testing.harness import operator_settings as settings
 from tests.conftest import API_KEY
 
 pytestmark = pytest.mark.integration
-
-
-def settings(namespace: str, **overrides: object) -> Settings:
-    values = {
-        "namespaces": [namespace], "operator_namespace": namespace, "probe_interval": 1.0,
-        "probe_timeout": 1.0, "probe_failure_threshold": 2, "start_grace": 5.0,
-        "liveness_port": None, **overrides,
-    }
-    return Settings(**values)
 
 
 def placement(accounts: Accounts) -> Counter[str]:
@@ -53,19 +51,6 @@ def test_a_burst_of_accounts_spreads_evenly(namespace: str, fleet: Fleet, accoun
 
 def resource_versions(accounts: Accounts) -> dict[str, str]:
     return {n: a["metadata"]["resourceVersion"] for n, a in accounts.all().items()}
-
-
-def all_connected(accounts: Accounts, count: int) -> bool:
-    phases = [(a.get("status") or {}).get("phase") for a in accounts.all().values()]
-    return len(phases) == count and all(p == "Connected" for p in phases)
-
-
-def seed_sessions(fleet: Fleet, accounts: Accounts, layout: dict[str, list[str]]) -> None:
-    """Sessions already running on instances, and accounts for them."""
-    for pod, sessions in layout.items():
-        for session in sessions:
-            fleet.simulators[pod].put(session, "working")
-            accounts.create(session)
 
 
 def test_instance_crash_moves_only_the_affected_accounts(

@@ -211,3 +211,28 @@ def running_operator(settings: Settings) -> Iterator[KopfRunner]:
     args += [f"--namespace={ns}" for ns in settings.namespaces]
     with KopfRunner(args, registry=build_registry(settings), timeout=60) as runner:
         yield runner
+
+
+def operator_settings(namespace: str, **overrides: Any) -> Settings:
+    """Settings for a test operator: one namespace, quick probes, an in-memory mirror."""
+    values = {
+        "namespaces": [namespace], "operator_namespace": namespace, "probe_interval": 1.0,
+        "probe_timeout": 1.0, "probe_failure_threshold": 2, "start_grace": 5.0,
+        "liveness_port": None, "database_url": "sqlite://", **overrides,
+    }
+    return Settings(**values)
+
+
+def all_connected(accounts: Accounts, count: int) -> bool:
+    phases = [(a.get("status") or {}).get("phase") for a in accounts.all().values()]
+    return len(phases) == count and all(p == "Connected" for p in phases)
+
+
+def seed_sessions(fleet: Fleet, accounts: Accounts, layout: dict[str, list[str]]) -> None:
+    """Sessions already running on instances, and accounts for them."""
+    for pod, sessions in layout.items():
+        for session in sessions:
+            fleet.simulators[pod].put(session, "working")
+            accounts.create(session)
+
+

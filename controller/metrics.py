@@ -1,0 +1,39 @@
+"""Every Prometheus metric the operator exports, in one place (names start wa_controller_)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ACCOUNTS = Gauge("wa_controller_accounts", "WAAccounts by namespace and phase.",
+                 ["namespace", "phase"])
+INSTANCE_SESSIONS = Gauge("wa_controller_instance_sessions",
+                          "Sessions an instance pod reported at its last probe.",
+                          ["namespace", "pod"])
+INSTANCE_CAPACITY = Gauge("wa_controller_instance_capacity",
+                          "Most sessions an instance pod may hold.", ["namespace", "pod"])
+PROBE_SECONDS = Histogram("wa_controller_probe_duration_seconds",
+                          "Time an instance pod took to answer an inventory probe.",
+                          ["namespace", "pod"],
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+PROBE_FAILURES = Counter("wa_controller_probe_failures",
+                         "Inventory probes that failed, by pod and kind.",
+                         ["namespace", "pod", "kind"])
+PLACEMENTS = Counter("wa_controller_placements", "Sessions placed on an instance pod.",
+                     ["namespace"])
+REASSIGNMENTS = Counter("wa_controller_reassignments",
+                        "Accounts whose session was found on another pod.", ["namespace"])
+LOSSES = Counter("wa_controller_losses", "Accounts declared Lost.", ["namespace"])
+RECONCILE_ERRORS = Counter("wa_controller_reconcile_errors",
+                           "Reconciliations that failed with an error.", ["namespace"])
+
+MIRROR_ROWS = Counter("wa_controller_mirror_rows_written", "Mirror rows written, by operation.",
+                      ["operation"])
+MIRROR_STATEMENTS = Counter("wa_controller_mirror_statements",
+                            "SQL statements the mirror sent to the database.")
+MIRROR_PENDING = Gauge("wa_controller_mirror_pending_rows",
+                       "Account changes not yet written to the mirror.")
+MIRROR_LAG = Gauge("wa_controller_mirror_lag_seconds",
+                   "Age of the oldest account change not yet in the mirror (0: caught up).")
+MIRROR_RESYNCS = Counter("wa_controller_mirror_resyncs", "Full resyncs of the mirror table.")
+MIRROR_FAILURES = Counter("wa_controller_mirror_failures",
+                          "Failed mirror writes, by reason.", ["reason"])
