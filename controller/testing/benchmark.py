@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from kubernetes import client, config
 
 from controller.testing.control_plane import ControlPlane, free_port
 from controller.testing.harness import Accounts, Fleet, Simulator, wait_for
+from controller.testing.postgres import Postgres
 
 NAMESPACE = "bench"
 API_KEY = "benchmark-key"
@@ -84,6 +86,7 @@ class Bench:
         key_file.write_text(API_KEY)
         self.fleet = Fleet(self.core, NAMESPACE, key_file)
         self.operator: Operator | None = None
+        self.postgres = Postgres()
 
     # --- the world -------------------------------------------------------------------
 
@@ -95,11 +98,14 @@ class Bench:
         capacity = self.args.capacity or -(-self.args.accounts * 3 // (2 * self.args.pods))
         for i in range(self.args.pods):
             self.fleet.add(f"wa-{i}", "blazz", capacity=capacity, auto_pair=0.5)
+        self.postgres.start()
+        self.postgres.sql("CREATE DATABASE bench")
         log = (self.workdir / "operator.log").open("ab")
         self.operator = Operator(subprocess.Popen(
             [sys.executable, "-m", "controller", "run", f"--namespaces={NAMESPACE}",
              f"--operator-namespace={NAMESPACE}", f"--probe-interval={self.args.probe_interval}",
-             "--start-grace=30", f"--liveness-port={free_port()}", "--log-format=json"],
+             "--start-grace=30", f"--liveness-port={free_port()}", "--log-format=json",
+             f"--database-url={self.postgres.url(database='bench')}"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "KUBECONFIG": str(self.kubeconfig)}))
         print(f"fleet: {self.args.pods} blazz pods (capacity {capacity}), "
@@ -113,6 +119,7 @@ class Bench:
             except subprocess.TimeoutExpired:
                 self.operator.process.kill()
         self.fleet.stop_all()
+        self.postgres.remove()
         self.api.close()
 
     def sims(self) -> dict[str, Simulator]:
@@ -135,6 +142,21 @@ class Bench:
         reasons = Counter(e.reason for e in self.core.list_namespaced_event(NAMESPACE).items
                           for _ in range(e.count or 1))
         return ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
+
+    def mirror(self) -> dict[str, tuple[str | None, datetime]]:
+        """Account name -> (assigned pod, updated_at), as the SQL mirror says."""
+        found = self.postgres.sql(
+            "SELECT name, assigned_pod, updated_at FROM whatsapp_accounts "
+            "WHERE deleted_at IS NULL", database="bench")
+        return {str(name): (pod, stamp) for name, pod, stamp in found}  # type: ignore[misc]
+
+    def mirror_statements(self) -> int:
+        """Scans and row writes PostgreSQL counted on the mirror table."""
+        time.sleep(1.0)  # PostgreSQL publishes table statistics up to a second late
+        [(count,)] = self.postgres.sql(
+            "SELECT seq_scan + coalesce(idx_scan, 0) + n_tup_ins + n_tup_upd + n_tup_del "
+            "FROM pg_stat_user_tables WHERE relname = 'whatsapp_accounts'", database="bench")
+        return int(count)  # type: ignore[call-overload]
 
     def instance_requests(self) -> int:
         return sum(sim.requests() for sim in self.sims().values())
@@ -171,8 +193,10 @@ class Bench:
         time.sleep(interval)  # let the last placements' events and probes settle
         assert self.operator is not None
         versions, events = self.resource_versions(), self.event_count()
+        statements = self.mirror_statements()
         requests, cpu = self.instance_requests(), self.operator.cpu_seconds()
         time.sleep(cycles * interval)
+        statements = self.mirror_statements() - statements
         written = sum(v != versions.get(k) for k, v in self.resource_versions().items())
         new_events = self.event_count() - events
         per_cycle = (self.instance_requests() - requests) / cycles
@@ -183,6 +207,9 @@ class Bench:
         self.report.add("steady: API writes per cycle",
                         f"{(written + new_events) / cycles:.1f} "
                         f"({written} status, {new_events} events in {cycles} cycles)")
+        self.report.add("steady: SQL statements on the mirror per cycle",
+                        f"{statements / cycles:.1f}",
+                        f"{seed['requests']} status updates (one per account)")
         self.report.add("steady: operator CPU", f"{cpu_share:.1f} % of one core")
         rss, peak = self.operator.memory_mib()
         self.report.add("operator RSS", f"{rss:.0f} MiB (peak {peak:.0f} MiB)")
@@ -208,6 +235,16 @@ class Bench:
 
         wait_for("every moved account's status to name its new pod", all_right, timeout=300)
         elapsed = time.monotonic() - started
+
+        def all_rows_right() -> dict[str, tuple[str | None, datetime]] | None:
+            table = self.mirror()
+            return table if all(table[s][0] == pod for s, pod in moved_to.items()) else None
+
+        table = wait_for("every moved account's mirror row to name its new pod",
+                         all_rows_right, timeout=300)
+        rows_right = time.monotonic() - started
+        stamps = sorted(table[s][1] for s in moved_to)
+        span = (stamps[-1] - stamps[0]).total_seconds()
         unmoved_written = sum(v != versions[k] for k, v in self.resource_versions().items()
                               if k not in moved_to)
         seed = self.seed_repair(recorded, victim=victim)
@@ -218,6 +255,9 @@ class Bench:
                         f"{seed['seconds']:.1f} s, {seed['requests']} requests, "
                         f"{seed['found']}/{len(recorded)} found; >= {hung:.0f} s if the "
                         "instance hangs instead of refusing")
+        self.report.add("crash: last moved mirror row right", f"{rows_right:.1f} s after the crash")
+        self.report.add("crash: mirror rows written", f"{len(stamps)} rows over {span:.2f} s"
+                        + (f" ({len(stamps) / span:.0f} rows/s)" if span else " (one batch)"))
 
     def crash_pod_gone(self) -> None:
         """A pod is gone with its sessions: the operator starts them on the least loaded."""
