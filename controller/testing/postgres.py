@@ -39,13 +39,14 @@ def _bin_dir() -> Path:
 class Postgres:
     """initdb + postgres under a private directory; `url()` builds connection URLs."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, log_statements: bool = False) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="wa-pg-"))
         self.workdir.chmod(0o755)
         self.data = self.workdir / "data"
         self.port = free_port()
         self.log = self.workdir / "postgres.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._log_statements = log_statements
         self._bin = _bin_dir()
         # PostgreSQL refuses to run as root: then it runs as the packages' postgres user.
         self._as: dict[str, Any] = (
@@ -68,7 +69,8 @@ class Postgres:
                 [str(self._bin / "postgres"), "-D", str(self.data),
                  "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
                  "-c", f"unix_socket_directories={self.workdir}", "-c", "fsync=off",
-                 "-c", "full_page_writes=off"],
+                 "-c", "full_page_writes=off",
+                 "-c", f"log_statement={'all' if self._log_statements else 'none'}"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **self._as)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -98,6 +100,11 @@ class Postgres:
         pwfile.unlink()
         if result.returncode != 0:
             raise PostgresError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+
+    def statements_logged(self) -> int:
+        """Statements the server has run so far (with `log_statements=True`)."""
+        with self.log.open("rb") as log:
+            return sum(b" statement: " in line for line in log)
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:

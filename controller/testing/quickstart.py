@@ -79,7 +79,8 @@ def up() -> None:
         operator = subprocess.Popen(
             [sys.executable, "-m", "controller", "run", f"--namespaces={NAMESPACE}",
              f"--operator-namespace={NAMESPACE}", "--probe-interval=2", "--start-grace=5",
-             f"--liveness-port={control_plane.free_port()}", "--log-format=plain"],
+             f"--liveness-port={control_plane.free_port()}", "--log-format=plain",
+             f"--database-url=sqlite:///{state / 'mirror.sqlite'}"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True)
     pids.append(operator.pid)
@@ -108,6 +109,9 @@ Crash instance wa-0 and watch its accounts heal onto the other pods:
 
 (or make it stop answering: curl -X POST http://{wa0_ip}:<port>/_sim/fault -d '{{"mode":"crash"}}',
 the port is in `kubectl -n {NAMESPACE} get pod wa-0 -o yaml`).
+
+The SQL mirror applications would read is the SQLite file {state / 'mirror.sqlite'}
+(table whatsapp_accounts).
 
 Stop everything:  hack/quickstart down
 """)
