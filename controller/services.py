@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from controller.instances import InstanceHttp
 from controller.kube import Kube
+from controller.metrics_server import MetricsServer
 from controller.mirror import Mirror, MirrorStore, engine_for
 from controller.observer import ApiKey, Observer
 from controller.reconciler import Reconciler
@@ -20,6 +21,7 @@ class Services:
     observer: Observer
     reconciler: Reconciler
     mirror: Mirror
+    metrics: MetricsServer | None
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -53,9 +55,15 @@ class Services:
             retry_max=settings.mirror_retry_max,
         )
         mirror.start()
-        return cls(settings, kube, http, observer, reconciler, mirror)
+        metrics = None
+        if settings.metrics_port is not None:
+            metrics = MetricsServer(settings.metrics_port)
+            await metrics.start()
+        return cls(settings, kube, http, observer, reconciler, mirror, metrics)
 
     async def close(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.close()
         await self.mirror.close()
         await self.observer.close()
         await self.http.aclose()

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     )
     priority: int = Field(0, description="Peering priority: the highest one acts.")
     liveness_port: int | None = Field(8080, description="Port of /healthz; unset: none.")
+    metrics_port: int | None = Field(9090, description="Port of /metrics; unset: none.")
     database_url: SecretStr = Field(
         SecretStr("sqlite:///wa-controller-mirror.sqlite"),
         description="SQLAlchemy URL of the mirror database (postgresql+psycopg://...); "

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import sqlalchemy as sa
@@ -15,6 +16,7 @@ from controller import metrics
 from controller.mirror import engine_for, upgrade
 from controller.mirror.rows import row_of
 from controller.mirror.schema import mirror_table
+from controller.testing.control_plane import free_port
 from controller.testing.harness import (
     Accounts,
     Fleet,
@@ -113,7 +115,8 @@ def test_the_steady_state_sends_no_statement(
 ) -> None:
     fleet.add("wa-0", auto_pair=0.2)
     engine = engine_for(pg_url)
-    with running_operator(operator_settings(namespace, database_url=pg_url)):
+    port = free_port()
+    with running_operator(operator_settings(namespace, database_url=pg_url, metrics_port=port)):
         for i in range(5):
             accounts.create(f"acct-{i}")
         wait_for("5 rows mirrored", lambda: all_connected(accounts, 5) and mirrors(engine, accounts)
@@ -127,6 +130,11 @@ def test_the_steady_state_sends_no_statement(
                  lambda: fleet.simulators["wa-0"].requests() >= sims_before + 4)
         assert metrics.MIRROR_STATEMENTS._value.get() == before
         assert {n: r["updated_at"] for n, r in rows(engine).items()} == stamps
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert "wa_controller_mirror_lag_seconds 0.0" in scraped
+        assert "wa_controller_mirror_pending_rows 0.0" in scraped
+        assert 'wa_controller_mirror_rows_written_total{operation="upsert"}' in scraped
+        assert "wa_controller_mirror_resyncs_total" in scraped
     engine.dispose()
 
 
@@ -253,4 +261,5 @@ def test_bad_database_configuration_is_reported_and_reconciling_goes_on(
                  lambda: condition(accounts, "acct") == ("False", reason), timeout=40)
     logged = [r.getMessage() for r in caplog.records if r.name == "wa_controller.mirror"]
     assert any(reason in line for line in logged), logged
+    assert metrics.MIRROR_FAILURES.labels(reason)._value.get() > 0
     assert not any("not-the-password" in line for line in logged)

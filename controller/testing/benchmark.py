@@ -105,6 +105,7 @@ class Bench:
             [sys.executable, "-m", "controller", "run", f"--namespaces={NAMESPACE}",
              f"--operator-namespace={NAMESPACE}", f"--probe-interval={self.args.probe_interval}",
              "--start-grace=30", f"--liveness-port={free_port()}", "--log-format=json",
+             f"--metrics-port={free_port()}",
              f"--database-url={self.postgres.url(database='bench')}"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "KUBECONFIG": str(self.kubeconfig)}))

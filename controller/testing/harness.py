@@ -218,7 +218,8 @@ def operator_settings(namespace: str, **overrides: Any) -> Settings:
     values = {
         "namespaces": [namespace], "operator_namespace": namespace, "probe_interval": 1.0,
         "probe_timeout": 1.0, "probe_failure_threshold": 2, "start_grace": 5.0,
-        "liveness_port": None, "database_url": "sqlite://", **overrides,
+        "liveness_port": None, "metrics_port": None, "database_url": "sqlite://",
+        **overrides,
     }
     return Settings(**values)
 

@@ -80,6 +80,7 @@ def up() -> None:
             [sys.executable, "-m", "controller", "run", f"--namespaces={NAMESPACE}",
              f"--operator-namespace={NAMESPACE}", "--probe-interval=2", "--start-grace=5",
              f"--liveness-port={control_plane.free_port()}", "--log-format=plain",
+             f"--metrics-port={control_plane.free_port()}",
              f"--database-url=sqlite:///{state / 'mirror.sqlite'}"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True)
