@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-ACCOUNTS = Gauge("wa_controller_accounts", "WAAccounts by namespace and phase.",
-                 ["namespace", "phase"])
 INSTANCE_SESSIONS = Gauge("wa_controller_instance_sessions",
                           "Sessions an instance pod reported at its last probe.",
                           ["namespace", "pod"])
@@ -23,8 +21,6 @@ PLACEMENTS = Counter("wa_controller_placements", "Sessions placed on an instance
 REASSIGNMENTS = Counter("wa_controller_reassignments",
                         "Accounts whose session was found on another pod.", ["namespace"])
 LOSSES = Counter("wa_controller_losses", "Accounts declared Lost.", ["namespace"])
-RECONCILE_ERRORS = Counter("wa_controller_reconcile_errors",
-                           "Reconciliations that failed with an error.", ["namespace"])
 
 MIRROR_ROWS = Counter("wa_controller_mirror_rows_written", "Mirror rows written, by operation.",
                       ["operation"])

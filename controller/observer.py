@@ -22,6 +22,7 @@ from typing import Any
 
 import kopf
 
+from controller import metrics
 from controller.fleet import InstanceDefaults, PodHealth, PodSnapshot, PodView, pod_view
 from controller.instances import (
     PROTOCOLS,
@@ -105,6 +106,9 @@ class Observer:
         view = pod_view(body, self._defaults, tuple(PROTOCOLS))
         state = self._pods.get(view.key)
         if event_type == "DELETED":
+            for gauge in (metrics.INSTANCE_SESSIONS, metrics.INSTANCE_CAPACITY):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(view.namespace, view.name)
             if state is not None:
                 if state.task:
                     state.task.cancel()
@@ -238,10 +242,13 @@ class Observer:
             state.health, state.inventory = PodHealth.DOWN, {}
         else:
             try:
-                inventory = await adapter.inventory()
+                with metrics.PROBE_SECONDS.labels(view.namespace, view.name).time():
+                    inventory = await adapter.inventory()
             except InstanceAuthError as error:
+                metrics.PROBE_FAILURES.labels(view.namespace, view.name, "auth").inc()
                 await self._auth_failed(state, error)
             except InstanceUnavailable as error:
+                metrics.PROBE_FAILURES.labels(view.namespace, view.name, error.kind).inc()
                 state.failures += 1
                 state.last_error = f"{error.kind}: {error}"
                 down = state.failures >= self._failure_threshold
@@ -262,6 +269,8 @@ class Observer:
                 for session in inventory:
                     state.pending.pop(session, None)
         state.probed.set()
+        metrics.INSTANCE_SESSIONS.labels(view.namespace, view.name).set(len(state.inventory))
+        metrics.INSTANCE_CAPACITY.labels(view.namespace, view.name).set(view.capacity)
         if state.health is not before_health:
             logger.info("instance pod %s/%s is %s (was %s)", view.namespace, view.name,
                         state.health.value, before_health.value)

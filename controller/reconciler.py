@@ -19,6 +19,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from controller import metrics
 from controller.api import WAAccountSpec, WAAccountStatus
 from controller.decisions import (
     Account,
@@ -35,6 +36,8 @@ from controller.kube import Kube
 from controller.observer import Observer
 
 logger = logging.getLogger("wa_controller.reconciler")
+EVENT_COUNTERS = {"Placed": metrics.PLACEMENTS, "Reassigned": metrics.REASSIGNMENTS,
+                  "Lost": metrics.LOSSES}
 
 
 def status_patch(old: Mapping[str, Any], new: WAAccountStatus) -> dict[str, Any]:
@@ -112,6 +115,8 @@ class Reconciler:
                 return  # the fresh object's watch event wakes this loop again
         for event in decision.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+            if event.reason in EVENT_COUNTERS:
+                EVENT_COUNTERS[event.reason].labels(account.namespace).inc()
         await self._act(body, account, decision)
 
     def _copies_since(

@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from controller import metrics
 from controller.testing.harness import (
     Accounts,
     Fleet,
@@ -79,6 +80,9 @@ def test_instance_crash_moves_only_the_affected_accounts(
         wait_for("a Reassigned event", lambda: "Reassigned" in
                  [r for _, r, _ in accounts.events(fleet.core, "a1")])
         assert "Placed" not in reasons
+        assert metrics.REASSIGNMENTS.labels(namespace)._value.get() == 2
+        assert metrics.PROBE_FAILURES.labels(namespace, "wa-0", "transport")._value.get() > 0
+        assert metrics.INSTANCE_SESSIONS.labels(namespace, "wa-1")._value.get() == 3
 
 
 def test_sessions_restored_elsewhere_before_the_crash_is_noticed_are_not_stopped(
