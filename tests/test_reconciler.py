@@ -11,6 +11,7 @@ from controller.testing.harness import (
     Accounts,
     Fleet,
     all_connected,
+    all_settled,
     running_operator,
     seed_sessions,
     wait_for,
@@ -61,7 +62,7 @@ def test_instance_crash_moves_only_the_affected_accounts(
         fleet.add(name)
     seed_sessions(fleet, accounts, {"wa-0": ["a1", "a2"], "wa-1": ["b1", "b2"], "wa-2": ["c1"]})
     with running_operator(settings(namespace)):
-        wait_for("every account Connected", lambda: all_connected(accounts, 5))
+        wait_for("every account Connected and mirrored", lambda: all_settled(accounts, 5))
         assert accounts.pod_of("a1") == "wa-0"
         before = resource_versions(accounts)
 
@@ -226,7 +227,7 @@ def test_operator_restart_replaces_nothing(
         fleet.add(name)
     seed_sessions(fleet, accounts, {"wa-0": ["r0", "r1"], "wa-1": ["r2"]})
     with running_operator(settings(namespace)):
-        wait_for("every account Connected", lambda: all_connected(accounts, 3))
+        wait_for("every account Connected and mirrored", lambda: all_settled(accounts, 3))
     before = resource_versions(accounts)
     requests_before = sum(len(s.sessions()) for s in fleet.simulators.values())
 

@@ -229,6 +229,15 @@ def all_connected(accounts: Accounts, count: int) -> bool:
     return len(phases) == count and all(p == "Connected" for p in phases)
 
 
+def all_settled(accounts: Accounts, count: int) -> bool:
+    """Every account Connected and its mirror row written: nothing left to write."""
+    items = accounts.all().values()
+    return all_connected(accounts, count) and all(
+        any(c["type"] == "Mirrored" and c["status"] == "True"
+            for c in (a.get("status") or {}).get("conditions", []))
+        for a in items)
+
+
 def seed_sessions(fleet: Fleet, accounts: Accounts, layout: dict[str, list[str]]) -> None:
     """Sessions already running on instances, and accounts for them."""
     for pod, sessions in layout.items():
