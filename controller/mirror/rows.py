@@ -104,7 +104,7 @@ def explain_failure(error: BaseException) -> MirrorFailure:
     cause = getattr(error, "orig", None) or error
     detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
     text = detail.lower()
-    if "password authentication failed" in text or "authentication failed" in text:
+    if "authentication failed" in text:
         return MirrorFailure("DatabaseAuthFailed",
                              f"the database refused the credentials in WA_DATABASE_URL: {detail}")
     if "permission denied" in text or "must be owner" in text:

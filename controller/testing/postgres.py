@@ -26,10 +26,10 @@ class PostgresError(RuntimeError):
 
 
 def _bin_dir() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: int(Path(p).parts[-3]))
     if os.environ.get("WA_PG_BIN"):
         return Path(os.environ["WA_PG_BIN"])
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                   key=lambda p: int(Path(p).parts[-3]))
     if not found:
         raise PostgresError("PostgreSQL is not installed: run hack/test (it installs it), "
                             "or `apt-get install postgresql`")
