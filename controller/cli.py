@@ -55,21 +55,37 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from controller.simulator import InstanceSimulator, serve
+    from controller.simulator import InstanceSimulator, WebhookSender, serve
 
     host, _, port = args.listen.rpartition(":")
     try:
         api_key = Path(args.api_key_file).read_text().strip()
+        webhook_secret = Path(args.webhook_secret_file).read_text().strip() \
+            if args.webhook_secret_file else None
     except OSError as error:
-        print(f"wa-controller: cannot read --api-key-file: {error}", file=sys.stderr)
+        print(f"wa-controller: cannot read a secret file: {error}", file=sys.stderr)
         return 2
-    simulator = InstanceSimulator(
-        protocol=args.protocol, api_key=api_key, worker_id=args.worker_id or args.listen,
-        auto_pair=args.auto_pair,
-    )
+    if bool(args.webhook_url) != bool(webhook_secret):
+        print("wa-controller: --webhook-url and --webhook-secret-file go together",
+              file=sys.stderr)
+        return 2
+    worker_id = args.worker_id or args.listen
+
+    async def simulate() -> None:
+        webhooks = None
+        if args.webhook_url and webhook_secret:
+            # Send from the address served, so the receiver sees this pod's IP.
+            webhooks = WebhookSender(
+                protocol=args.protocol, url=args.webhook_url, secret=webhook_secret,
+                worker_id=worker_id, source_address=host if host not in ("", "0.0.0.0") else None)  # noqa: S104
+        simulator = InstanceSimulator(protocol=args.protocol, api_key=api_key,
+                                      worker_id=worker_id, auto_pair=args.auto_pair,
+                                      webhooks=webhooks)
+        await serve(simulator, host or "127.0.0.1", int(port))
+
     print(f"simulating a {args.protocol} instance on http://{host}:{port}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(simulator, host or "127.0.0.1", int(port)))
+        asyncio.run(simulate())
     return 0
 
 
@@ -114,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     simulate.add_argument("--auto-pair", type=float, default=None, metavar="SECONDS",
                           help="sessions waiting for a QR scan pair by themselves after this")
     simulate.add_argument("--worker-id", default=None, help="WAHA worker id (default: --listen)")
+    simulate.add_argument("--webhook-url", default=None, metavar="URL",
+                          help="send signed webhooks here on every session change")
+    simulate.add_argument("--webhook-secret-file", default=None, metavar="FILE",
+                          help="the HMAC secret the webhooks are signed with")
 
     commands.add_parser("crd", help="print the WAAccount CustomResourceDefinition (YAML)")
 

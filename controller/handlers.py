@@ -57,8 +57,12 @@ def build_registry(config: Settings) -> kopf.OperatorRegistry:
         memo.services.observer.pod_event(event.get("type"), event["object"])
 
     @kopf.on.event(*waaccounts, registry=registry)
-    async def account_changed(event: kopf.RawEvent, uid: str, memo: kopf.Memo, **_: Any) -> None:
-        memo.services.reconciler.poke(uid)
+    async def account_changed(event: kopf.RawEvent, uid: str, namespace: str, name: str,
+                              annotations: kopf.Annotations, memo: kopf.Memo, **_: Any) -> None:
+        reconciler = memo.services.reconciler
+        reconciler.poke(uid)
+        reconciler.rediscover_marked(namespace, name, uid, annotations,
+                                     deleted=event.get("type") == "DELETED")
         memo.services.mirror.observe(event.get("type"), event["object"])
 
     @kopf.daemon(*waaccounts, registry=registry, cancellation_timeout=10)

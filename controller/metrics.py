@@ -20,6 +20,12 @@ PLACEMENTS = Counter("wa_controller_placements", "Sessions placed on an instance
                      ["namespace"])
 REASSIGNMENTS = Counter("wa_controller_reassignments",
                         "Accounts whose session was found on another pod.", ["namespace"])
+REDISCOVERIES = Counter("wa_controller_rediscoveries",
+                        "Rediscoveries of one account requested, by trigger (annotation, http).",
+                        ["trigger"])
+WEBHOOKS = Counter("wa_controller_webhooks",
+                   "Instance webhooks received, by result (accepted, replayed, or why refused).",
+                   ["result"])
 LOSSES = Counter("wa_controller_losses", "Accounts declared Lost.", ["namespace"])
 
 MIRROR_ROWS = Counter("wa_controller_mirror_rows_written", "Mirror rows written, by operation.",

@@ -32,36 +32,11 @@ from controller.instances import (
     InstanceUnavailable,
     Inventory,
 )
+from controller.secrets import SecretValue
 
 logger = logging.getLogger("wa_controller.observer")
 
 PodKey = tuple[str, str]  # (namespace, name)
-
-
-class ApiKey:
-    """The instances' API key, read from a Secret and re-read when an instance refuses it."""
-
-    def __init__(self, read: Any, *, min_refresh_interval: float = 5.0) -> None:
-        self._read = read  # async () -> str | None
-        self._value: str | None = None
-        self._read_at = 0.0
-        self._min_refresh_interval = min_refresh_interval
-        self._lock = asyncio.Lock()
-
-    async def get(self) -> str:
-        if self._value is None:
-            await self.refresh()
-        return self._value or ""
-
-    async def refresh(self) -> None:
-        async with self._lock:
-            if time.monotonic() - self._read_at < self._min_refresh_interval:
-                return
-            self._read_at = time.monotonic()
-            value = await self._read()
-            if value is None:
-                logger.error("the instance API key Secret is missing or has no such key")
-            self._value = value
 
 
 @dataclass
@@ -77,6 +52,9 @@ class _PodState:
     task: asyncio.Task[None] | None = None
     last_error: str | None = None
     observed_at: datetime | None = None
+    started: int = 0  # probes begun, and probes finished: `reprobe` waits on these
+    finished: int = 0
+    finished_changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
 
 class Observer:
@@ -84,7 +62,7 @@ class Observer:
         self,
         *,
         http: InstanceHttp,
-        api_key: ApiKey,
+        api_key: SecretValue,
         defaults: InstanceDefaults,
         interval: float,
         failure_threshold: int,
@@ -170,6 +148,29 @@ class Observer:
         if state is not None:
             state.poke.set()
 
+    async def reprobe(self, namespace: str, within: float) -> None:
+        """Probe every pod of the namespace anew and wait for the answers (or `within` s).
+
+        Only probes that begin after the call count. Calls that overlap share probes:
+        a burst of requests costs each pod one or two probes, not one per request.
+        """
+        targets = [(state, state.started + 1) for (ns, _), state in self._pods.items()
+                   if ns == namespace]
+
+        async def answered(state: _PodState, target: int) -> None:
+            async with state.finished_changed:
+                await state.finished_changed.wait_for(lambda: state.finished >= target)
+
+        for state, _ in targets:
+            state.poke.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await asyncio.gather(*(answered(state, target) for state, target in targets))
+
+    def views(self) -> list[PodView]:
+        """Every instance pod known, as the API server describes it."""
+        return [state.view for state in self._pods.values()]
+
     def adapter(self, namespace: str, pod: str, api_key: str) -> InstanceAdapter | None:
         state = self._pods.get((namespace, pod))
         return None if state is None else self._adapter(state.view, api_key)
@@ -180,7 +181,7 @@ class Observer:
         return PROTOCOLS[view.protocol](self._http, view.url, api_key)
 
     async def api_key(self) -> str:
-        return await self._api_key.get()
+        return await self._api_key.get() or ""
 
     async def wait_probed(self, namespace: str, within: float) -> None:
         """Wait until every pod of the namespace answered (or failed) once."""
@@ -228,7 +229,13 @@ class Observer:
             if state is None:
                 return
             state.poke.clear()
-            await self._probe(state)
+            state.started += 1
+            try:
+                await self._probe(state)
+            finally:
+                state.finished += 1
+                async with state.finished_changed:
+                    state.finished_changed.notify_all()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval):
                     await state.poke.wait()
@@ -236,7 +243,7 @@ class Observer:
     async def _probe(self, state: _PodState) -> None:
         view = state.view
         before_health, before_inventory = state.health, state.inventory
-        adapter = self._adapter(view, await self._api_key.get())
+        adapter = self._adapter(view, await self.api_key())
         asked_at = datetime.now(UTC)
         if adapter is None:
             state.health, state.inventory = PodHealth.DOWN, {}

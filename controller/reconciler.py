@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Mapping
+import time
+from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 from pydantic import ValidationError
@@ -36,6 +37,8 @@ from controller.kube import Kube
 from controller.observer import Observer
 
 logger = logging.getLogger("wa_controller.reconciler")
+T = TypeVar("T")
+REDISCOVER_ANNOTATION = "wa-controller.io/rediscover"
 EVENT_COUNTERS = {"Placed": metrics.PLACEMENTS, "Reassigned": metrics.REASSIGNMENTS,
                   "Lost": metrics.LOSSES}
 
@@ -49,7 +52,7 @@ def status_patch(old: Mapping[str, Any], new: WAAccountStatus) -> dict[str, Any]
 class Reconciler:
     def __init__(
         self, *, observer: Observer, kube: Kube, policy: Policy, resync_interval: float,
-        warmup_timeout: float,
+        warmup_timeout: float, rediscover_window: float = 1.0,
     ) -> None:
         self._observer = observer
         self._kube = kube
@@ -60,6 +63,16 @@ class Reconciler:
         self._rechecks: dict[str, float] = {}  # uid -> seconds until decide must run again
         self._missing_since: dict[str, datetime] = {}
         self._duplicate_since: dict[str, datetime] = {}
+        self._running: dict[tuple[str, str], tuple[str, str]] = {}  # (ns, name) -> (uid, session)
+        self._rediscover_marks: dict[str, str | None] = {}  # uid -> annotation value last seen
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._rediscover_window = rediscover_window
+        self._rediscoveries: dict[str, tuple[float, asyncio.Task[list[str]]]] = {}
+
+    @property
+    def serving(self) -> bool:
+        """Whether this replica runs account loops now (a paused standby runs none)."""
+        return bool(self._running)
 
     def poke(self, uid: str) -> None:
         """Something about this account changed: run its loop now."""
@@ -67,11 +80,62 @@ class Reconciler:
         if wake is not None:
             wake.set()
 
+    def rediscover_marked(self, namespace: str, name: str, uid: str,
+                          annotations: Mapping[str, str], deleted: bool) -> None:
+        """Rediscover the account when its `wa-controller.io/rediscover` annotation takes a
+        new value. The value first seen (at start) is only remembered: starting probes all."""
+        if deleted:
+            self._rediscover_marks.pop(uid, None)
+            return
+        value = annotations.get(REDISCOVER_ANNOTATION)
+        seen_before = uid in self._rediscover_marks
+        previous = self._rediscover_marks.get(uid)
+        self._rediscover_marks[uid] = value
+        if seen_before and value is not None and value != previous:
+            self._spawn(self.rediscover(namespace, name, trigger="annotation"))
+
+    async def rediscover(self, namespace: str, name: str, *, trigger: str) -> list[str] | None:
+        """Re-probe every pod of the account's namespace now, then decide the account again.
+
+        Returns the pods that hold its session after the re-probe (None: no such account
+        served here). Requests for one account within `rediscover_window` seconds of each
+        other share one rediscovery; overlapping ones for different accounts share probes.
+        """
+        running = self._running.get((namespace, name))
+        if running is None:
+            return None
+        uid, session = running
+        metrics.REDISCOVERIES.labels(trigger).inc()
+        now = time.monotonic()
+        recent = self._rediscoveries.get(uid)
+        if recent is None or now - recent[0] >= self._rediscover_window:
+            recent = (now, self._spawn(self._rediscover(namespace, uid, session)))
+            self._rediscoveries[uid] = recent
+        return await asyncio.shield(recent[1])
+
+    async def _rediscover(self, namespace: str, uid: str, session: str) -> list[str]:
+        await self._observer.reprobe(namespace, self._warmup_timeout)
+        self.poke(uid)
+        return [p.name for p in self._observer.snapshot(namespace)
+                if p.trusted and session in p.sessions]
+
+    def _spawn(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     async def run_account(self, body: kopf.Body) -> None:
         """The account's loop, for as long as kopf keeps its daemon (cancelled on stop)."""
         namespace, uid = body.metadata.namespace, account_uid(body)
         session = str((body.spec or {}).get("sessionId", ""))
         wake = self._wakes[uid] = asyncio.Event()
+        self._running[(namespace, body.metadata.name)] = (uid, session)
         self._observer.watch(namespace, session, wake)
         try:
             await self._observer.wait_probed(namespace, self._warmup_timeout)
@@ -88,6 +152,8 @@ class Reconciler:
             self._observer.unwatch(namespace, session, wake)
             if self._wakes.get(uid) is wake:
                 del self._wakes[uid]
+                self._running.pop((namespace, body.metadata.name), None)
+                self._rediscoveries.pop(uid, None)
                 self._missing_since.pop(uid, None)
                 self._duplicate_since.pop(uid, None)
 

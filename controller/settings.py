@@ -55,6 +55,27 @@ class Settings(BaseSettings):
     priority: int = Field(0, description="Peering priority: the highest one acts.")
     liveness_port: int | None = Field(8080, description="Port of /healthz; unset: none.")
     metrics_port: int | None = Field(9090, description="Port of /metrics; unset: none.")
+    webhook_port: int | None = Field(
+        8081, description="Port of the instance webhooks and /rediscover; unset: none."
+    )
+    webhook_secret: str = Field(
+        "wa-controller-webhooks",
+        description="Secret (in the operator's namespace) with the webhook HMAC secret "
+        "and the rediscover token.",
+    )
+    webhook_hmac_key: str = Field("hmac-secret", description="Key of the HMAC secret in it.")
+    rediscover_token_key: str = Field(
+        "rediscover-token", description="Key of the /rediscover bearer token in it."
+    )
+    rediscover_window: float = Field(
+        1.0, ge=0, description="Seconds within which rediscoveries of one account are one."
+    )
+    webhook_max_body: int = Field(65536, ge=1024, description="Largest webhook body, bytes.")
+    webhook_max_age: float = Field(
+        300.0, gt=0, description="Seconds a signed webhook timestamp stays valid."
+    )
+    webhook_rate: float = Field(20.0, gt=0, description="Webhook requests/s allowed per source.")
+    webhook_burst: int = Field(40, ge=1, description="Webhook burst allowed per source.")
     database_url: SecretStr = Field(
         SecretStr("sqlite:///wa-controller-mirror.sqlite"),
         description="SQLAlchemy URL of the mirror database (postgresql+psycopg://...); "

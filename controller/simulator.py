@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
+import logging
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -20,7 +23,9 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from controller.instances import PROTOCOLS, SessionState
+from controller.instances import PROTOCOLS, SessionState, blazz, waha
+
+logger = logging.getLogger("wa_controller.simulator")
 
 # The word each protocol uses for a normalized state (the inverse of its adapter's map).
 _WORDS: dict[str, dict[SessionState, str]] = {
@@ -40,6 +45,114 @@ _WORDS: dict[str, dict[SessionState, str]] = {
     },
 }
 RESUME_METADATA = "wa-controller.io/resume"
+_BLAZZ_EVENTS = {
+    SessionState.WORKING: "session_ready",
+    SessionState.STARTING: "session_authenticated",
+    SessionState.PAIRING: "qr_code_generated",
+    SessionState.FAILED: "session_disconnected",
+    SessionState.STOPPED: "session_disconnected",
+}
+
+
+@dataclass
+class WebhookSender:
+    """Sends the instance's webhooks to `url`, signed as its protocol signs them.
+
+    Every event is retried with backoff on refused connections, timeouts, 429 and 5xx
+    answers (the seed's notifier gave up on 5xx, losing the event); other 4xx answers
+    mean the event itself is refused, so it is dropped and logged.
+    """
+
+    protocol: str
+    url: str
+    secret: str
+    worker_id: str
+    source_address: str | None = None  # bind here, so the receiver sees the pod's IP
+    max_attempts: int = 8
+    first_delay: float = 0.2
+    max_delay: float = 5.0
+    results: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        transport = httpx.AsyncHTTPTransport(local_address=self.source_address)
+        self._client = httpx.AsyncClient(transport=transport, timeout=5)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def session_changed(self, name: str, status: str, state: SessionState,
+                        workspace_id: str | None) -> None:
+        """Queue the event a real instance sends when a session changes state."""
+        event = self._blazz_event(name, status, state, workspace_id) \
+            if self.protocol == "blazz" else self._waha_event(name, status)
+        if event is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._deliver(event))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _blazz_event(self, name: str, status: str, state: SessionState,
+                     workspace_id: str | None) -> dict[str, Any] | None:
+        event = _BLAZZ_EVENTS.get(state)
+        if event is None:
+            return None
+        return {"event": event, "session": name, "timestamp": int(time.time() * 1000),
+                "data": {"session_id": name, "workspace_id": workspace_id, "status": status}}
+
+    def _waha_event(self, name: str, status: str) -> dict[str, Any]:
+        return {
+            "id": f"evt_{uuid.uuid4().hex}", "timestamp": int(time.time() * 1000),
+            "event": "session.status", "session": name, "me": None,
+            "payload": {"name": name, "status": status},
+            "engine": "WEBJS",
+            "environment": {"version": "simulator", "engine": "WEBJS", "tier": "CORE",
+                            "worker": {"id": self.worker_id}},
+        }
+
+    def _signed(self, event: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+        body = json.dumps(event, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.protocol == "blazz":
+            timestamp = str(int(time.time()))  # signed afresh on every attempt
+            headers |= {"X-Timestamp": timestamp,
+                        "X-HMAC-Signature": blazz.webhook_signature(self.secret, timestamp, body)}
+        else:
+            headers |= {"X-Webhook-Request-Id": event["id"],
+                        "X-Webhook-Timestamp": str(event["timestamp"]),
+                        "X-Webhook-Hmac": waha.webhook_signature(self.secret, body),
+                        "X-Webhook-Hmac-Algorithm": "sha512"}
+        return body, headers
+
+    async def _deliver(self, event: dict[str, Any]) -> None:
+        delay = self.first_delay
+        for attempt in range(1, self.max_attempts + 1):
+            body, headers = self._signed(event)
+            self.results["attempts"] += 1
+            try:
+                answer = await self._client.post(self.url, content=body, headers=headers)
+            except httpx.HTTPError as error:
+                outcome = f"transport error {type(error).__name__}"
+            else:
+                if answer.is_success:
+                    self.results["delivered"] += 1
+                    return
+                if answer.status_code < 500 and answer.status_code != 429:
+                    self.results["refused"] += 1
+                    logger.warning("webhook %s refused with %d: %s", event.get("event"),
+                                   answer.status_code, answer.text[:200])
+                    return
+                outcome = f"HTTP {answer.status_code}"
+            if attempt < self.max_attempts:
+                logger.info("webhook %s attempt %d failed (%s); retrying in %.1f s",
+                            event.get("event"), attempt, outcome, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_delay)
+        self.results["failed"] += 1
+        logger.warning("webhook %s failed after %d attempts", event.get("event"), self.max_attempts)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._client.aclose()
 
 
 class Fault(StrEnum):
@@ -68,6 +181,7 @@ class InstanceSimulator:
     fault: Fault = Fault.NONE
     delay: float = 0.0
     drop_starts: bool = False
+    webhooks: WebhookSender | None = None
     sessions: dict[str, SimSession] = field(default_factory=dict)
     requests: Counter[str] = field(default_factory=Counter)
     started_at: float = field(default_factory=time.time)
@@ -85,12 +199,17 @@ class InstanceSimulator:
         return self._words[state]
 
     def put(self, name: str, status: str, workspace_id: str | None = None) -> SimSession:
-        session = self.sessions.get(name) or SimSession(name, status, workspace_id)
+        session = self.sessions.get(name)
+        changed = session is None or session.status != status
+        session = session or SimSession(name, status, workspace_id)
         session.status = status
         session.workspace_id = workspace_id or session.workspace_id
         if self._normalize(status) is SessionState.WORKING:
             session.connected_at = session.connected_at or time.time()
         self.sessions[name] = session
+        if self.webhooks is not None and changed:
+            self.webhooks.session_changed(name, status, self._normalize(status),
+                                          session.workspace_id)
         if self._normalize(status) is SessionState.PAIRING and self.auto_pair is not None:
             task = asyncio.get_running_loop().create_task(self._pair_later(name))
             self._pairing_tasks.add(task)
@@ -387,8 +506,10 @@ class InstanceSimulator:
             return web.json_response({"sessions": 0})
 
         async def stats(_: web.Request) -> web.Response:
+            webhooks = dict(self.webhooks.results) if self.webhooks else {}
             return web.json_response({"requests": dict(self.requests),
-                                      "total": sum(self.requests.values())})
+                                      "total": sum(self.requests.values()),
+                                      "webhooks": webhooks})
 
         return [
             web.get("/_sim/sessions", list_all),
@@ -412,3 +533,5 @@ async def serve(simulator: InstanceSimulator, host: str, port: int) -> None:
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+        if simulator.webhooks is not None:
+            await simulator.webhooks.aclose()

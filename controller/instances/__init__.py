@@ -2,10 +2,12 @@
 
 from controller.instances.base import (
     InstanceAdapter,
+    InstanceEvent,
     Inventory,
     ObservedSession,
     SessionRequest,
     SessionState,
+    WebhookRejected,
 )
 from controller.instances.blazz import BlazzAdapter
 from controller.instances.errors import InstanceAuthError, InstanceError, InstanceUnavailable
@@ -20,6 +22,7 @@ __all__ = [
     "InstanceAdapter",
     "InstanceAuthError",
     "InstanceError",
+    "InstanceEvent",
     "InstanceHttp",
     "InstanceUnavailable",
     "Inventory",
@@ -27,4 +30,5 @@ __all__ = [
     "SessionRequest",
     "SessionState",
     "WahaAdapter",
+    "WebhookRejected",
 ]

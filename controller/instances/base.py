@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -44,6 +45,25 @@ class SessionRequest:
     resume: bool = False
 
 
+@dataclass(frozen=True)
+class InstanceEvent:
+    """A webhook an instance sent, signature verified: what it says, and how to spot a replay."""
+
+    name: str  # the instance's own event name (session_ready, session.status, ...)
+    session: str | None
+    state: SessionState | None  # None when the event says nothing of the session's state
+    replay_key: str  # the same for every delivery of this one event
+    worker_id: str | None = None  # the sender's own name for itself, where the protocol has one
+
+
+class WebhookRejected(Exception):
+    """A webhook that must change nothing. `reason` is a short metric label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
 class InstanceAdapter(abc.ABC):
     """Talks to one instance pod. Subclasses know one protocol; nothing else does."""
 
@@ -70,3 +90,10 @@ class InstanceAdapter(abc.ABC):
     @abc.abstractmethod
     def normalize(word: str) -> SessionState:
         """Map the instance's own state word onto SessionState; unknown words are UNKNOWN."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def read_webhook(
+        headers: Mapping[str, str], body: bytes, secret: str, now: float, max_age: float
+    ) -> InstanceEvent:
+        """Verify a webhook's signature (constant time) and read it; raise WebhookRejected."""

@@ -7,16 +7,23 @@ months because it sent a header.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+from collections.abc import Mapping
+
 from pydantic import BaseModel, ValidationError
 
 from controller.instances.base import (
     InstanceAdapter,
+    InstanceEvent,
     Inventory,
     ObservedSession,
     SessionRequest,
     SessionState,
+    WebhookRejected,
 )
 from controller.instances.errors import InstanceUnavailable
+from controller.secrets import same_secret
 
 _STATES = {
     "connected": SessionState.WORKING,
@@ -25,6 +32,31 @@ _STATES = {
     "disconnected": SessionState.FAILED,
     "error": SessionState.FAILED,
 }
+
+
+# What an event says of its session when its data carries no status word.
+_EVENT_STATES = {
+    "session_ready": SessionState.WORKING,
+    "session_authenticated": SessionState.STARTING,
+    "qr_code_generated": SessionState.PAIRING,
+    "session_disconnected": SessionState.FAILED,
+}
+
+
+def webhook_signature(secret: str, timestamp: str, body: bytes) -> str:
+    """Hex HMAC-SHA256 of the timestamp header followed by the raw body."""
+    return hmac.new(secret.encode(), timestamp.encode() + body, hashlib.sha256).hexdigest()
+
+
+class _WebhookData(BaseModel):
+    session_id: str | None = None
+    status: str | None = None
+
+
+class _Webhook(BaseModel):
+    event: str
+    session: str | None = None
+    data: _WebhookData = _WebhookData()
 
 
 class _Session(BaseModel):
@@ -88,4 +120,33 @@ class BlazzAdapter(InstanceAdapter):
             f"{self.base_url}/api/sessions/{session_id}",
             body={"workspace_id": workspace_id, "api_key": self.api_key},
             ok=(200, 204, 404),
+        )
+
+    @staticmethod
+    def read_webhook(
+        headers: Mapping[str, str], body: bytes, secret: str, now: float, max_age: float
+    ) -> InstanceEvent:
+        timestamp, signature = headers.get("X-Timestamp"), headers.get("X-HMAC-Signature")
+        if not timestamp or not signature:
+            raise WebhookRejected("unsigned", "X-Timestamp and X-HMAC-Signature are required")
+        if not same_secret(signature.strip().lower(), webhook_signature(secret, timestamp, body)):
+            raise WebhookRejected("bad_signature", "X-HMAC-Signature does not match the body")
+        try:
+            age = now - int(timestamp)
+        except ValueError:
+            raise WebhookRejected("malformed", "X-Timestamp is not unix seconds") from None
+        if abs(age) > max_age:
+            raise WebhookRejected(
+                "expired", f"X-Timestamp is {age:.0f} s off (limit {max_age:.0f} s)")
+        try:
+            webhook = _Webhook.model_validate_json(body)
+        except ValidationError as error:
+            raise WebhookRejected("malformed", f"not a blazz event: {error.errors()[0]['msg']}") \
+                from None
+        status = webhook.data.status
+        return InstanceEvent(
+            name=webhook.event,
+            session=webhook.session or webhook.data.session_id,
+            state=BlazzAdapter.normalize(status) if status else _EVENT_STATES.get(webhook.event),
+            replay_key=f"blazz:{signature.strip().lower()}",
         )

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+from collections.abc import Mapping
+
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from controller.instances.base import (
     InstanceAdapter,
+    InstanceEvent,
     Inventory,
     ObservedSession,
     SessionRequest,
     SessionState,
+    WebhookRejected,
 )
 from controller.instances.errors import InstanceUnavailable
+from controller.secrets import same_secret
 
 _STATES = {
     "WORKING": SessionState.WORKING,
@@ -20,6 +27,33 @@ _STATES = {
     "STOPPED": SessionState.STOPPED,
     "FAILED": SessionState.FAILED,
 }
+
+
+def webhook_signature(secret: str, body: bytes) -> str:
+    """Hex HMAC-SHA512 of the raw body (WAHA's X-Webhook-Hmac)."""
+    return hmac.new(secret.encode(), body, hashlib.sha512).hexdigest()
+
+
+class _Worker(BaseModel):
+    id: str | None = None
+
+
+class _Environment(BaseModel):
+    worker: _Worker = _Worker()
+
+
+class _Payload(BaseModel):
+    name: str | None = None
+    status: str | None = None
+
+
+class _Webhook(BaseModel):
+    event: str
+    id: str | None = None
+    timestamp: int | None = None  # unix milliseconds, inside the signed body
+    session: str | None = None
+    payload: _Payload = _Payload()
+    environment: _Environment = _Environment()
 
 
 class _Session(BaseModel):
@@ -83,4 +117,35 @@ class WahaAdapter(InstanceAdapter):
             f"{self.base_url}/api/sessions/{session_id}/stop",
             headers=self._auth,
             ok=(200, 201, 404),
+        )
+
+    @staticmethod
+    def read_webhook(
+        headers: Mapping[str, str], body: bytes, secret: str, now: float, max_age: float
+    ) -> InstanceEvent:
+        signature = headers.get("X-Webhook-Hmac")
+        if not signature:
+            raise WebhookRejected("unsigned", "X-Webhook-Hmac is required")
+        algorithm = headers.get("X-Webhook-Hmac-Algorithm", "sha512").lower()
+        if algorithm != "sha512":  # one algorithm only: no downgrade by header
+            raise WebhookRejected("bad_signature", f"HMAC algorithm {algorithm!r} is not sha512")
+        if not same_secret(signature.strip().lower(), webhook_signature(secret, body)):
+            raise WebhookRejected("bad_signature", "X-Webhook-Hmac does not match the body")
+        try:
+            webhook = _Webhook.model_validate_json(body)
+        except ValidationError as error:
+            raise WebhookRejected("malformed", f"not a WAHA event: {error.errors()[0]['msg']}") \
+                from None
+        if webhook.timestamp is not None and abs(now - webhook.timestamp / 1000) > max_age:
+            raise WebhookRejected("expired", f"event timestamp is older than {max_age:.0f} s")
+        # The event id inside the signed body, not the unsigned X-Webhook-Request-Id header,
+        # which a replayer could change.
+        request_id = webhook.id or signature.strip().lower()
+        status = webhook.payload.status if webhook.event == "session.status" else None
+        return InstanceEvent(
+            name=webhook.event,
+            session=webhook.payload.name or webhook.session,
+            state=WahaAdapter.normalize(status) if status else None,
+            replay_key=f"waha:{request_id}",
+            worker_id=webhook.environment.worker.id,
         )

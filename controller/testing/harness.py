@@ -84,8 +84,14 @@ class Simulator:
     def configure(self, **options: Any) -> None:
         self.control("POST", "config", options)
 
-    def requests(self) -> int:
-        return int(self.control("GET", "stats")["total"])
+    def requests(self, route: str | None = None) -> int:
+        """Requests served, in all or on one route (e.g. "GET /api/sessions")."""
+        stats = self.control("GET", "stats")
+        return int(stats["total"] if route is None else stats["requests"].get(route, 0))
+
+    def webhooks(self) -> dict[str, int]:
+        """Webhook deliveries: attempts, delivered, refused, failed."""
+        return self.control("GET", "stats")["webhooks"]
 
     def stop(self) -> None:
         self.process.terminate()
@@ -95,7 +101,25 @@ class Simulator:
             self.process.kill()
 
 
-def start_simulator(protocol: str, api_key_file: Path, *, auto_pair: float | None = None
+@dataclass(frozen=True)
+class WebhookTarget:
+    """Where simulators send their webhooks, and the file with the secret they sign with."""
+
+    url: str
+    secret_file: Path
+
+
+def post_from(source_ip: str, url: str, body: bytes, headers: dict[str, str] | None = None
+              ) -> httpx.Response:
+    """POST from a chosen loopback address, as if sent by the pod with that IP."""
+    transport = httpx.HTTPTransport(local_address=source_ip)
+    with httpx.Client(transport=transport, timeout=10) as http:
+        return http.post(url, content=body,
+                         headers={"Content-Type": "application/json", **(headers or {})})
+
+
+def start_simulator(protocol: str, api_key_file: Path, *, auto_pair: float | None = None,
+                    webhooks: WebhookTarget | None = None, worker_id: str | None = None
                     ) -> Simulator:
     ip = next_loopback()
     port = free_port(ip)
@@ -103,6 +127,10 @@ def start_simulator(protocol: str, api_key_file: Path, *, auto_pair: float | Non
             "--listen", f"{ip}:{port}", "--api-key-file", str(api_key_file)]
     if auto_pair is not None:
         argv += ["--auto-pair", str(auto_pair)]
+    if webhooks is not None:
+        argv += ["--webhook-url", webhooks.url, "--webhook-secret-file", str(webhooks.secret_file)]
+    if worker_id is not None:
+        argv += ["--worker-id", worker_id]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     sim = Simulator(protocol, ip, port, process, api_key_file)
 
@@ -124,11 +152,13 @@ class Fleet:
     core: client.CoreV1Api
     namespace: str
     api_key_file: Path
+    webhooks: WebhookTarget | None = None  # where new simulators send their webhooks
     simulators: dict[str, Simulator] = field(default_factory=dict)
 
     def add(self, name: str, protocol: str = "blazz", *, capacity: int = 50, ready: bool = True,
             labels: dict[str, str] | None = None, auto_pair: float | None = None) -> Simulator:
-        sim = start_simulator(protocol, self.api_key_file, auto_pair=auto_pair)
+        sim = start_simulator(protocol, self.api_key_file, auto_pair=auto_pair,
+                              webhooks=self.webhooks, worker_id=name)
         self.simulators[name] = sim
         pod = {
             "apiVersion": "v1", "kind": "Pod",
