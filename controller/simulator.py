@@ -198,7 +198,9 @@ class InstanceSimulator:
     def word(self, state: SessionState) -> str:
         return self._words[state]
 
-    def put(self, name: str, status: str, workspace_id: str | None = None) -> SimSession:
+    def put(self, name: str, status: str, workspace_id: str | None = None, *,
+            quiet: bool = False) -> SimSession:
+        """Set a session's status; unless `quiet`, send the webhook a real instance would."""
         session = self.sessions.get(name)
         changed = session is None or session.status != status
         session = session or SimSession(name, status, workspace_id)
@@ -207,7 +209,7 @@ class InstanceSimulator:
         if self._normalize(status) is SessionState.WORKING:
             session.connected_at = session.connected_at or time.time()
         self.sessions[name] = session
-        if self.webhooks is not None and changed:
+        if self.webhooks is not None and changed and not quiet:
             self.webhooks.session_changed(name, status, self._normalize(status),
                                           session.workspace_id)
         if self._normalize(status) is SessionState.PAIRING and self.auto_pair is not None:
@@ -462,7 +464,8 @@ class InstanceSimulator:
                 status = str(body["status"])
             else:
                 status = self.word(SessionState(body.get("state", "working")))
-            session = self.put(request.match_info["name"], status, body.get("workspace_id"))
+            session = self.put(request.match_info["name"], status, body.get("workspace_id"),
+                               quiet=bool(body.get("quiet")))
             return web.json_response({"name": session.name, "status": session.status})
 
         async def remove_session(request: web.Request) -> web.Response:
@@ -478,7 +481,8 @@ class InstanceSimulator:
             async with httpx.AsyncClient(timeout=5) as client:
                 answer = await client.put(
                     f"{str(body['to']).rstrip('/')}/_sim/sessions/{session.name}",
-                    json={"state": state, "workspace_id": session.workspace_id},
+                    json={"state": state, "workspace_id": session.workspace_id,
+                          "quiet": bool(body.get("quiet"))},
                 )
                 answer.raise_for_status()
             del self.sessions[session.name]

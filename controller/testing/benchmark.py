@@ -31,11 +31,14 @@ import httpx
 from kubernetes import client, config
 
 from controller.testing.control_plane import ControlPlane, free_port
-from controller.testing.harness import Accounts, Fleet, Simulator, wait_for
+from controller.testing.harness import Accounts, Fleet, Simulator, WebhookTarget, wait_for
 from controller.testing.postgres import Postgres
 
 NAMESPACE = "bench"
 API_KEY = "benchmark-key"
+WEBHOOK_SECRET = "benchmark-webhook-secret"  # noqa: S105 - a throwaway fleet's secret
+REDISCOVER_TOKEN = "benchmark-rediscover-token"  # noqa: S105
+FAST_PATH_PROBE_INTERVAL = 600.0
 SEED_TIMEOUT = 5.0  # the seed's per-instance timeout while it searches
 
 
@@ -84,7 +87,11 @@ class Bench:
         self.kubeconfig = plane.kubeconfig
         key_file = workdir / "api-key"
         key_file.write_text(API_KEY)
-        self.fleet = Fleet(self.core, NAMESPACE, key_file)
+        secret_file = workdir / "webhook-secret"
+        secret_file.write_text(WEBHOOK_SECRET)
+        self.webhook_url = f"http://127.0.0.1:{free_port()}"
+        self.fleet = Fleet(self.core, NAMESPACE, key_file,
+                           webhooks=WebhookTarget(f"{self.webhook_url}/webhooks", secret_file))
         self.operator: Operator | None = None
         self.postgres = Postgres(log_statements=True)
 
@@ -95,30 +102,43 @@ class Bench:
         self.core.create_namespaced_secret(NAMESPACE, {
             "metadata": {"name": "wa-controller-instances"},
             "data": {"api-key": base64.b64encode(API_KEY.encode()).decode()}})
+        self.core.create_namespaced_secret(NAMESPACE, {
+            "metadata": {"name": "wa-controller-webhooks"},
+            "data": {key: base64.b64encode(value.encode()).decode() for key, value in {
+                "hmac-secret": WEBHOOK_SECRET, "rediscover-token": REDISCOVER_TOKEN}.items()}})
         capacity = self.args.capacity or -(-self.args.accounts * 3 // (2 * self.args.pods))
         for i in range(self.args.pods):
             self.fleet.add(f"wa-{i}", "blazz", capacity=capacity, auto_pair=0.5)
         self.postgres.start()
         self.postgres.sql("CREATE DATABASE bench")
+        self.start_operator(self.args.probe_interval)
+        print(f"fleet: {self.args.pods} blazz pods (capacity {capacity}) sending webhooks, "
+              f"probe interval {self.args.probe_interval} s; operator log "
+              f"{self.workdir / 'operator.log'}", flush=True)
+
+    def start_operator(self, probe_interval: float) -> None:
         log = (self.workdir / "operator.log").open("ab")
         self.operator = Operator(subprocess.Popen(
             [sys.executable, "-m", "controller", "run", f"--namespaces={NAMESPACE}",
-             f"--operator-namespace={NAMESPACE}", f"--probe-interval={self.args.probe_interval}",
+             f"--operator-namespace={NAMESPACE}", f"--probe-interval={probe_interval}",
              "--start-grace=30", f"--liveness-port={free_port()}", "--log-format=json",
              f"--metrics-port={free_port()}",
+             f"--webhook-port={self.webhook_url.rsplit(':', 1)[1]}",
              f"--database-url={self.postgres.url(database='bench')}"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "KUBECONFIG": str(self.kubeconfig)}))
-        print(f"fleet: {self.args.pods} blazz pods (capacity {capacity}), "
-              f"probe interval {self.args.probe_interval} s; operator log {log.name}", flush=True)
 
-    def close(self) -> None:
+    def stop_operator(self) -> None:
         if self.operator is not None:
             self.operator.process.terminate()
             try:
                 self.operator.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.operator.process.kill()
+            self.operator = None
+
+    def close(self) -> None:
+        self.stop_operator()
         self.fleet.stop_all()
         self.postgres.remove()
         self.api.close()
@@ -269,6 +289,48 @@ class Bench:
                         f"{time.monotonic() - started:.1f} s",
                         "never (the seed does not re-place)")
 
+    def fast_path(self) -> None:
+        """With a 10-minute probe interval, how long a moved session's status stays wrong
+        when its new pod sends a webhook, or when an application asks for a rediscovery."""
+        samples = self.args.fast_path_samples
+        print(f"\nfast path: operator restarted with probe interval "
+              f"{FAST_PATH_PROBE_INTERVAL:.0f} s; {samples} moves each way", flush=True)
+        self.stop_operator()
+        self.start_operator(FAST_PATH_PROBE_INTERVAL)
+        time.sleep(5)  # the restart's first probes and re-decisions (nothing to change)
+        custom, names = self.accounts.custom, list(self.sims())
+        on_pod = {name: pod for name, (pod, phase) in self.placements().items()
+                  if phase == "Connected" and pod in self.sims()}
+        chosen = iter(sorted(on_pod))
+
+        def time_move(how: str, i: int) -> float:
+            account = next(chosen)
+            source = on_pod[account]
+            target = names[(names.index(source) + 1 + i) % len(names)]
+            target = target if target != source else names[(names.index(target) + 1) % len(names)]
+            started = time.monotonic()
+            self.sims()[source].move(account, self.sims()[target], quiet=how != "webhook")
+            if how == "annotation":
+                custom.patch_namespaced_custom_object(
+                    "wa-controller.io", "v1alpha1", NAMESPACE, "waaccounts", account,
+                    {"metadata": {"annotations": {"wa-controller.io/rediscover": f"bench-{i}"}}})
+            elif how == "http call":
+                httpx.post(f"{self.webhook_url}/rediscover/{NAMESPACE}/{account}", timeout=30,
+                           headers={"Authorization": f"Bearer {REDISCOVER_TOKEN}"})
+            wait_for(f"{account} recorded on {target} ({how})",
+                     lambda: self.accounts.pod_of(account) == target, timeout=120, every=0.02)
+            return time.monotonic() - started
+
+        for how in ("webhook", "annotation", "http call"):
+            times = sorted(time_move(how, i) for i in range(samples))
+            self.report.add(f"fast path: moved session's status right, by {how}",
+                            f"median {statistics.median(times):.2f} s, max {times[-1]:.2f} s "
+                            f"({samples} moves)",
+                            "webhook: minutes to never (X-Instance-Url, no retry on 5xx)"
+                            if how == "webhook" else "")
+        self.report.add("fast path: without either",
+                        f"up to the probe interval ({FAST_PATH_PROBE_INTERVAL:.0f} s)")
+
     # --- the seed's algorithm, on the same fleet ---------------------------------------
 
     def seed_cycle(self) -> dict[str, Any]:
@@ -322,9 +384,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacity", type=int, default=0, help="per pod (default: 1.5x fair)")
     parser.add_argument("--probe-interval", type=float, default=5.0)
     parser.add_argument("--steady-cycles", type=int, default=3)
+    parser.add_argument("--fast-path-samples", type=int, default=10)
     args = parser.parse_args(argv)
     phases: list[Callable[[Bench], None]] = [
-        Bench.burst, Bench.steady_state, Bench.crash_sessions_reappear, Bench.crash_pod_gone]
+        Bench.burst, Bench.steady_state, Bench.crash_sessions_reappear, Bench.crash_pod_gone,
+        Bench.fast_path]
     with _control_plane() as (plane, workdir):
         bench = Bench(plane, workdir, args)
         try:

@@ -69,14 +69,16 @@ class Simulator:
     def sessions(self) -> dict[str, dict[str, Any]]:
         return self.control("GET", "sessions")
 
-    def put(self, session: str, state: str = "working") -> None:
-        self.control("PUT", f"sessions/{session}", {"state": state})
+    def put(self, session: str, state: str = "working", *, quiet: bool = False) -> None:
+        """Set a session's state; unless `quiet`, the simulator sends its webhook."""
+        self.control("PUT", f"sessions/{session}", {"state": state, "quiet": quiet})
 
     def remove(self, session: str) -> None:
         self.control("DELETE", f"sessions/{session}")
 
-    def move(self, session: str, to: Simulator) -> None:
-        self.control("POST", "move", {"session": session, "to": to.url})
+    def move(self, session: str, to: Simulator, *, quiet: bool = False) -> None:
+        """The session now runs on `to`, which says so by webhook unless `quiet`."""
+        self.control("POST", "move", {"session": session, "to": to.url, "quiet": quiet})
 
     def fault(self, mode: str, delay: float = 0.0) -> None:
         self.control("POST", "fault", {"mode": mode, "delay": delay})
