@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import secrets
 import sys
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def _run(args: argparse.Namespace) -> int:
         namespaces=settings.namespaces,
         standalone=settings.peering is None,
         peering_name=settings.peering,
-        priority=settings.priority,
+        priority=settings.priority if settings.priority is not None
+        else secrets.randbelow(1_000_000) + 1,
         liveness_endpoint=(
             f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
         ),

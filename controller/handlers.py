@@ -64,6 +64,7 @@ def build_registry(config: Settings) -> kopf.OperatorRegistry:
         reconciler.rediscover_marked(namespace, name, uid, annotations,
                                      deleted=event.get("type") == "DELETED")
         memo.services.mirror.observe(event.get("type"), event["object"])
+        memo.services.census.observe(event.get("type"), event["object"])
 
     @kopf.daemon(*waaccounts, registry=registry, cancellation_timeout=10)
     async def account_loop(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
+
+ACCOUNTS = Gauge("wa_controller_accounts", "WAAccounts by namespace and status phase "
+                 "(New: not decided yet).", ["namespace", "phase"])
+RECONCILE_ERRORS = Counter("wa_controller_reconcile_errors",
+                           "Reconcile passes that failed (retried), by namespace.", ["namespace"])
 
 INSTANCE_SESSIONS = Gauge("wa_controller_instance_sessions",
                           "Sessions an instance pod reported at its last probe.",
@@ -39,3 +47,21 @@ MIRROR_LAG = Gauge("wa_controller_mirror_lag_seconds",
 MIRROR_RESYNCS = Counter("wa_controller_mirror_resyncs", "Full resyncs of the mirror table.")
 MIRROR_FAILURES = Counter("wa_controller_mirror_failures",
                           "Failed mirror writes, by reason.", ["reason"])
+
+
+class PhaseCensus:
+    """Keeps `wa_controller_accounts` right from the accounts' watch events."""
+
+    def __init__(self) -> None:
+        self._counted: dict[str, tuple[str, str]] = {}  # uid -> (namespace, phase)
+
+    def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        metadata = body.get("metadata") or {}
+        uid = str(metadata.get("uid"))
+        before = self._counted.pop(uid, None)
+        if before is not None:
+            ACCOUNTS.labels(*before).dec()
+        if event_type != "DELETED":
+            now = (str(metadata.get("namespace")), (body.get("status") or {}).get("phase") or "New")
+            self._counted[uid] = now
+            ACCOUNTS.labels(*now).inc()

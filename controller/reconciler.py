@@ -38,6 +38,7 @@ from controller.observer import Observer
 
 logger = logging.getLogger("wa_controller.reconciler")
 T = TypeVar("T")
+RETRY_AFTER_ERROR = 5.0
 REDISCOVER_ANNOTATION = "wa-controller.io/rediscover"
 EVENT_COUNTERS = {"Placed": metrics.PLACEMENTS, "Reassigned": metrics.REASSIGNMENTS,
                   "Lost": metrics.LOSSES}
@@ -141,7 +142,13 @@ class Reconciler:
             await self._observer.wait_probed(namespace, self._warmup_timeout)
             while True:
                 wake.clear()
-                await self.reconcile(body)
+                try:
+                    await self.reconcile(body)
+                except Exception:  # an API server or instance failure: count, log, retry
+                    metrics.RECONCILE_ERRORS.labels(namespace).inc()
+                    logger.exception("%s/%s: reconcile failed; retrying in %.0f s",
+                                     namespace, body.metadata.name, RETRY_AFTER_ERROR)
+                    self._rechecks[uid] = RETRY_AFTER_ERROR
                 # Spread the periodic re-decisions so a restart does not stampede.
                 timeout = min(self._resync_interval * random.uniform(0.9, 1.1),  # noqa: S311
                               self._rechecks.pop(uid, float("inf")))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from controller.http_server import HttpServer, metrics_app
 from controller.instances import InstanceHttp
 from controller.kube import Kube
+from controller.metrics import PhaseCensus
 from controller.mirror import Mirror, MirrorStore, engine_for
 from controller.observer import Observer
 from controller.reconciler import Reconciler
@@ -24,6 +25,7 @@ class Services:
     reconciler: Reconciler
     mirror: Mirror
     servers: list[HttpServer]
+    census: PhaseCensus
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -73,7 +75,7 @@ class Services:
             servers.append(HttpServer(receiver.app(), settings.webhook_port))
         for server in servers:
             await server.start()
-        return cls(settings, kube, http, observer, reconciler, mirror, servers)
+        return cls(settings, kube, http, observer, reconciler, mirror, servers, PhaseCensus())
 
     async def close(self) -> None:
         for server in self.servers:

@@ -52,7 +52,10 @@ class Settings(BaseSettings):
     peering: str | None = Field(
         None, description="kopf peering object name; unset runs standalone (a single replica)."
     )
-    priority: int = Field(0, description="Peering priority: the highest one acts.")
+    priority: int | None = Field(
+        None, description="Peering priority: the highest one acts; unset: random, so that "
+        "replicas of one Deployment never tie (a tie freezes them all)."
+    )
     liveness_port: int | None = Field(8080, description="Port of /healthz; unset: none.")
     metrics_port: int | None = Field(9090, description="Port of /metrics; unset: none.")
     webhook_port: int | None = Field(
@@ -97,6 +100,14 @@ class Settings(BaseSettings):
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("liveness_port", "metrics_port", "webhook_port", mode="before")
+    @classmethod
+    def _off(cls, value: object) -> object:
+        """An empty value (or "off") turns an endpoint off, from the environment too."""
+        if isinstance(value, str) and value.strip().lower() in ("", "off", "none"):
+            return None
         return value
 
     @field_validator("mirror_table", "notify_channel")
