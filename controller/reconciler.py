@@ -135,6 +135,7 @@ class Reconciler:
         """The account's loop, for as long as kopf keeps its daemon (cancelled on stop)."""
         namespace, uid = body.metadata.namespace, account_uid(body)
         session = str((body.spec or {}).get("sessionId", ""))
+        metrics.RECONCILE_ERRORS.labels(namespace)  # exported as 0 before any error
         wake = self._wakes[uid] = asyncio.Event()
         self._running[(namespace, body.metadata.name)] = (uid, session)
         self._observer.watch(namespace, session, wake)

@@ -39,6 +39,7 @@ API_KEY = "benchmark-key"
 WEBHOOK_SECRET = "benchmark-webhook-secret"  # noqa: S105 - a throwaway fleet's secret
 REDISCOVER_TOKEN = "benchmark-rediscover-token"  # noqa: S105
 FAST_PATH_PROBE_INTERVAL = 600.0
+CRASHED = "wa-0"  # the pod the crash phase crashes (it stays down)
 SEED_TIMEOUT = 5.0  # the seed's per-instance timeout while it searches
 
 
@@ -228,7 +229,7 @@ class Bench:
 
     def crash_sessions_reappear(self) -> None:
         """The seed's "instance crash": a pod stops answering, its sessions come back on others."""
-        victim, others = "wa-0", [n for n in self.sims() if n != "wa-0"]
+        victim, others = CRASHED, [n for n in self.sims() if n != CRASHED]
         recorded = {name: pod for name, (pod, _) in self.placements().items()}
         sessions = sorted(self.sims()[victim].sessions())
         print(f"\ncrash: {victim} stops answering; its {len(sessions)} sessions "
@@ -298,9 +299,10 @@ class Bench:
         self.stop_operator()
         self.start_operator(FAST_PATH_PROBE_INTERVAL)
         time.sleep(5)  # the restart's first probes and re-decisions (nothing to change)
-        custom, names = self.accounts.custom, list(self.sims())
+        custom = self.accounts.custom
+        names = [name for name in self.sims() if name != CRASHED]
         on_pod = {name: pod for name, (pod, phase) in self.placements().items()
-                  if phase == "Connected" and pod in self.sims()}
+                  if phase == "Connected" and pod in names}
         chosen = iter(sorted(on_pod))
 
         def time_move(how: str, i: int) -> float:

@@ -239,7 +239,11 @@ class Accounts:
 @contextlib.contextmanager
 def running_operator(settings: Settings) -> Iterator[KopfRunner]:
     """The operator in-process, as `wa-controller run` runs it, against the test cluster."""
-    args = ["run", "--standalone", "--verbose"]
+    args = ["run", "--verbose"]
+    if settings.peering is None:
+        args.append("--standalone")
+    else:
+        args += [f"--peering={settings.peering}", f"--priority={settings.priority or 0}"]
     args += [f"--namespace={ns}" for ns in settings.namespaces]
     with KopfRunner(args, registry=build_registry(settings), timeout=60) as runner:
         yield runner
@@ -250,7 +254,8 @@ def operator_settings(namespace: str, **overrides: Any) -> Settings:
     values = {
         "namespaces": [namespace], "operator_namespace": namespace, "probe_interval": 1.0,
         "probe_timeout": 1.0, "probe_failure_threshold": 2, "start_grace": 5.0,
-        "liveness_port": None, "metrics_port": None, "database_url": "sqlite://",
+        "liveness_port": None, "metrics_port": None, "webhook_port": None,
+        "database_url": "sqlite://",
         **overrides,
     }
     return Settings(**values)
