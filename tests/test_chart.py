@@ -278,6 +278,9 @@ def test_the_operator_reconciles_with_the_charts_service_account(
 
 
 def test_the_manifests_are_what_the_chart_renders(control_plane: ControlPlane) -> None:
+    crd_file = "waaccounts.wa-controller.io.yaml"
+    assert (CHART / "crds" / crd_file).read_text() == (manifests.ROOT / "crds" / crd_file
+                                                       ).read_text(), "copy crds/ into the chart"
     assert manifests.main(["--check"]) == 0, "run hack/generate-manifests"
     kubectl = [str(tool("kubectl")), f"--kubeconfig={control_plane.kubeconfig}"]
 
@@ -298,3 +301,14 @@ def test_the_manifests_are_what_the_chart_renders(control_plane: ControlPlane) -
         "--set", "clusterWide=true")
     assert ("Secret", manifests.NAMESPACE, manifests.NAMESPACE) not in base, \
         "no secret belongs in git"
+
+
+def test_the_kind_demo_objects_pass_a_server_side_dry_run(control_plane: ControlPlane,
+                                                         chart_crds: None) -> None:
+    """hack/kind-up's instances and sample accounts, as the API server would take them."""
+    namespaces = control_plane.kubectl("get", "namespaces", "-o", "name").stdout.split()
+    if f"namespace/{manifests.NAMESPACE}" not in namespaces:
+        control_plane.kubectl("create", "namespace", manifests.NAMESPACE)
+    for demo in sorted((manifests.ROOT / "hack" / "kind").glob("*.yaml")):
+        result = control_plane.kubectl("apply", "--dry-run=server", "-f", str(demo))
+        assert "(server dry run)" in result.stdout, demo.name
