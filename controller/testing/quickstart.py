@@ -23,6 +23,8 @@ NAMESPACE = "whatsapp-demo"
 INSTANCES = {"wa-0": ("127.0.0.2", "blazz"), "wa-1": ("127.0.0.3", "blazz"),
              "wa-2": ("127.0.0.4", "waha")}
 API_KEY = "quickstart-key"
+WEBHOOK_SECRET = "quickstart-webhook-secret"  # noqa: S105 - a local demo's secret
+REDISCOVER_TOKEN = "quickstart-rediscover-token"  # noqa: S105
 
 
 def _state_dir() -> Path:
@@ -42,6 +44,9 @@ def up() -> None:
     state.mkdir(parents=True, exist_ok=True)
     key_file = state / "api-key"
     key_file.write_text(API_KEY)
+    hmac_file = state / "webhook-secret"
+    hmac_file.write_text(WEBHOOK_SECRET)
+    webhook_url = f"http://127.0.0.1:{control_plane.free_port()}"
     configuration = client.Configuration()
     config.load_kube_config(str(kubeconfig), client_configuration=configuration)
     core = client.CoreV1Api(client.ApiClient(configuration))
@@ -52,13 +57,20 @@ def up() -> None:
         core.create_namespaced_secret(NAMESPACE, {
             "metadata": {"name": "wa-controller-instances"},
             "data": {"api-key": base64.b64encode(API_KEY.encode()).decode()}})
+    with contextlib.suppress(client.ApiException):
+        core.create_namespaced_secret(NAMESPACE, {
+            "metadata": {"name": "wa-controller-webhooks"},
+            "data": {key: base64.b64encode(value.encode()).decode() for key, value in {
+                "hmac-secret": WEBHOOK_SECRET, "rediscover-token": REDISCOVER_TOKEN}.items()}})
 
     pids = []
     for name, (ip, protocol) in INSTANCES.items():
         port = control_plane.free_port(ip)
         pids.append(_spawn([sys.executable, "-m", "controller", "simulate-instance",
                             "--protocol", protocol, "--listen", f"{ip}:{port}",
-                            "--api-key-file", str(key_file), "--auto-pair", "3"],
+                            "--api-key-file", str(key_file), "--auto-pair", "3",
+                            "--webhook-url", f"{webhook_url}/webhooks",
+                            "--webhook-secret-file", str(hmac_file), "--worker-id", name],
                            state / f"{name}.log"))
         with contextlib.suppress(client.ApiException):
             core.delete_namespaced_pod(name, NAMESPACE, grace_period_seconds=0)
@@ -81,6 +93,7 @@ def up() -> None:
              f"--operator-namespace={NAMESPACE}", "--probe-interval=2", "--start-grace=5",
              f"--liveness-port={control_plane.free_port()}", "--log-format=plain",
              f"--metrics-port={control_plane.free_port()}",
+             f"--webhook-port={webhook_url.rsplit(':', 1)[1]}",
              f"--database-url=sqlite:///{state / 'mirror.sqlite'}"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True)
@@ -110,6 +123,13 @@ Crash instance wa-0 and watch its accounts heal onto the other pods:
 
 (or make it stop answering: curl -X POST http://{wa0_ip}:<port>/_sim/fault -d '{{"mode":"crash"}}',
 the port is in `kubectl -n {NAMESPACE} get pod wa-0 -o yaml`).
+
+Ask for an immediate re-check of one account (what an application does when a send fails):
+
+  kubectl -n {NAMESPACE} annotate waaccount shop-1 \\
+    wa-controller.io/rediscover=$(date +%s) --overwrite
+  curl -X POST -H 'Authorization: Bearer {REDISCOVER_TOKEN}' \\
+    {webhook_url}/rediscover/{NAMESPACE}/shop-1
 
 The SQL mirror applications would read is the SQLite file {state / 'mirror.sqlite'}
 (table whatsapp_accounts).
