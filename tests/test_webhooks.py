@@ -208,8 +208,10 @@ def test_foreign_oversized_and_flooding_senders_are_refused_and_the_operator_kee
         transport = httpx.HTTPTransport(local_address=flooder)
         with httpx.Client(transport=transport, timeout=10) as http, \
                 concurrent.futures.ThreadPoolExecutor(1) as pool:
+            noise, noise_headers = blazz_event("noise", "session_authenticated")
+
             def flood() -> list[int]:
-                return [http.post(url, content=body, headers=headers).status_code
+                return [http.post(url, content=noise, headers=noise_headers).status_code
                         for _ in range(400)]
 
             flooding = pool.submit(flood)
