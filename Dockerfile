@@ -11,10 +11,18 @@ COPY controller ./controller
 RUN /opt/wa-controller/bin/pip install .
 
 FROM python:3.11-slim
+# A passwd entry for the image's user, for tools that look the user up; the operator
+# itself never does (it runs under any UID, e.g. OpenShift's).
+RUN groupadd --gid 65532 wa-controller \
+ && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /tmp \
+      --shell /usr/sbin/nologin wa-controller
 COPY --from=build /opt/wa-controller /opt/wa-controller
 ENV PATH=/opt/wa-controller/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    USER=wa-controller \
+    LOGNAME=wa-controller \
+    HOME=/tmp
 # Non-root, numeric (so runAsNonRoot can verify it); the chart mounts a writable /tmp
 # and /var/lib/wa-controller over a read-only root filesystem.
 USER 65532:65532

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import secrets
+import socket
 import sys
+import time
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -24,6 +27,20 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument("--log-format", choices=["json", "plain"], default="json")
     parser.add_argument("--verbose", action="store_true")
+
+
+def operator_identity() -> str:
+    """This process's peering identity, without the user database.
+
+    kopf's own guess calls `getpass.getuser()`, which raises for a UID that has no
+    passwd entry (OpenShift, `runAsUser` in a chart) when USER and LOGNAME are unset.
+    """
+    pod = os.environ.get("POD_ID")
+    if pod:
+        return pod
+    user = os.environ.get("USER") or os.environ.get("LOGNAME") or f"uid{os.getuid()}"
+    started = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+    return f"{user}@{socket.gethostname()}/{started}/{secrets.token_hex(2)}"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -49,6 +66,7 @@ def _run(args: argparse.Namespace) -> int:
         peering_name=settings.peering,
         priority=settings.priority if settings.priority is not None
         else secrets.randbelow(1_000_000) + 1,
+        identity=operator_identity(),
         liveness_endpoint=(
             f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
         ),
