@@ -75,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from controller.simulator import InstanceSimulator, WebhookSender, serve
+    from controller.simulator import InstanceSimulator, serve
 
     host, _, port = args.listen.rpartition(":")
     try:
@@ -89,18 +89,23 @@ def _simulate(args: argparse.Namespace) -> int:
         print("wa-controller: --webhook-url and --webhook-secret-file go together",
               file=sys.stderr)
         return 2
-    worker_id = args.worker_id or args.listen
+    try:
+        simulator = InstanceSimulator(
+            protocol_name=args.protocol, api_key=api_key, worker_id=args.worker_id or args.listen,
+            tier=args.tier, ideal=args.ideal, auto_pair=args.auto_pair,
+            create_delay=args.create_delay,
+            storage_dir=Path(args.storage_dir) if args.storage_dir else None,
+            boot_sessions=[s for s in (args.boot_sessions or "").split(",") if s],
+            webhook_url=args.webhook_url, webhook_secret=webhook_secret,
+            # Send from the address served, so the receiver sees this pod's IP.
+            source_address=host if host not in ("", "0.0.0.0") else None,  # noqa: S104
+        )
+    except ValueError as error:
+        print(f"wa-controller: {error}", file=sys.stderr)
+        return 2
 
     async def simulate() -> None:
-        webhooks = None
-        if args.webhook_url and webhook_secret:
-            # Send from the address served, so the receiver sees this pod's IP.
-            webhooks = WebhookSender(
-                protocol=args.protocol, url=args.webhook_url, secret=webhook_secret,
-                worker_id=worker_id, source_address=host if host not in ("", "0.0.0.0") else None)  # noqa: S104
-        simulator = InstanceSimulator(protocol=args.protocol, api_key=api_key,
-                                      worker_id=worker_id, auto_pair=args.auto_pair,
-                                      webhooks=webhooks)
+        simulator.reboot()  # boot as the service does: re-create what it knows
         await serve(simulator, host or "127.0.0.1", int(port))
 
     print(f"simulating a {args.protocol} instance on http://{host}:{port}", flush=True)
@@ -135,6 +140,8 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from controller.simulator import PROTOCOLS as SIMULATED
+
     parser = argparse.ArgumentParser(prog="wa-controller", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -144,7 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     simulate = commands.add_parser(
         "simulate-instance", help="serve a simulated WhatsApp instance (blazz or waha)"
     )
-    simulate.add_argument("--protocol", choices=["blazz", "waha"], required=True)
+    simulate.add_argument("--protocol", choices=sorted(SIMULATED), required=True)
+    simulate.add_argument("--tier", default="default",
+                          help="the protocol's variant: WAHA core (as recorded) or plus")
+    simulate.add_argument("--ideal", action="store_true",
+                          help="an idealized service instead of the recorded one (tests only)")
+    simulate.add_argument("--create-delay", type=float, default=1.0, metavar="SECONDS",
+                          help="how long a create takes to answer (the browser launch)")
+    simulate.add_argument("--storage-dir", default=None, metavar="DIR",
+                          help="stored logins, shared by the pods of one storage group")
+    simulate.add_argument("--boot-sessions", default=None, metavar="S1,S2",
+                          help="sessions the service re-creates at boot (the seed's "
+                               "active accounts)")
     simulate.add_argument("--listen", required=True, metavar="HOST:PORT")
     simulate.add_argument("--api-key-file", required=True, metavar="FILE")
     simulate.add_argument("--auto-pair", type=float, default=None, metavar="SECONDS",

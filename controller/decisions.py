@@ -53,6 +53,25 @@ class Account:
     # Since when the session shows on more than one pod (kept by the shell too): a copy
     # seen before then may be a dead pod's memory, not a second running session.
     duplicate_since: datetime | None = None
+    # Since when the copy kept shows failed: an instance that reconnects a dropped session
+    # by itself (blazz `disconnected`) gets the start grace before it is restarted.
+    failed_since: datetime | None = None
+    # The pod a start call for this session is on its way to (the shell's single flight):
+    # while it runs nothing else is started, stopped or judged for the session.
+    start_in_flight: str | None = None
+    # When the instance accepted the last start: the start grace counts from then.
+    start_accepted_at: datetime | None = None
+    # The last start an instance refused or failed, in its own words.
+    call_failure: CallFailure | None = None
+
+
+@dataclass(frozen=True)
+class CallFailure:
+    """A start that an instance refused or failed: where, when, and what it said."""
+
+    pod: str
+    message: str
+    at: datetime
 
 
 @dataclass(frozen=True)
@@ -177,6 +196,9 @@ def decide(
     """What to record, ask and say for one account, given what the fleet shows now."""
     draft = _Draft(account, now)
     session = account.spec.session_id
+    if account.start_in_flight is not None:
+        _start_in_flight(draft, account.start_in_flight)
+        return draft.decision()
     holders = sorted(
         (p for p in fleet if p.trusted and session in p.sessions),
         # A fresh answer beats a remembered one; then the most alive copy; then stay put.
@@ -194,6 +216,15 @@ def decide(
     else:
         _nowhere(draft, fleet, policy)
     return draft.decision()
+
+
+def _start_in_flight(draft: _Draft, pod: str) -> None:
+    """A start is on its way: the instance lists the session (blazz: `qr_scanning`) before
+    it answers, which is not yet Pairing; decide once the call returned."""
+    if draft.account.spec.desired_state is DesiredState.STOPPED:
+        return  # stopped once the start has returned, never half-way
+    draft.phase(Phase.STARTING, f"asked {pod} to start the session")
+    draft.condition(READY, "False", "SessionStarting", f"waiting for {pod} to start it")
 
 
 def _recorded_pod(account: Account) -> str | None:
@@ -241,7 +272,7 @@ def _observed(
         )
     draft.assign(keeper)
     observed: ObservedSession = keeper.sessions[session]
-    draft.status.session_status = observed.raw_status
+    draft.status.session_status = observed.raw_status or None
     draft.condition(ASSIGNED, "True", "SessionFound", f"session runs on {keeper.name}")
 
     state = observed.state
@@ -264,6 +295,13 @@ def _observed(
             READY, "Unknown", "UnknownSessionState",
             f"{keeper.name} reports {observed.raw_status!r}, a state wa-controller does not know",
         )
+    elif observed.reconnecting and (left := _grace_left(
+            draft.account.failed_since, policy, draft.now)) is not None:
+        # The instance is bringing it back by itself: restarting now would fight that.
+        draft.recheck_after = left
+        draft.phase(Phase.STARTING, f"{keeper.name} is reconnecting the session by itself")
+        draft.condition(READY, "False", "SessionReconnecting",
+                        f"{said}; restarting it if it is not back within the start grace")
     else:  # stopped or failed while it should run: restart it where it is
         _recover(draft, fleet, policy, restart_on=keeper, observed=observed)
 
@@ -297,10 +335,18 @@ def _nowhere(draft: _Draft, fleet: Sequence[PodSnapshot], policy: Policy) -> Non
         return
     if recorded is not None and recorded.health is PodHealth.UNPROBED:
         return  # not probed yet: no opinion
-    if recorded is not None and recorded.trusted:
-        # Started there, or vanished from there, a moment ago: give it time to show up.
-        since = max(filter(None, (account.status.last_start_time, account.missing_since)),
-                    default=None)
+    failure = account.call_failure
+    if failure is not None and (left := _grace_left(failure.at, policy, draft.now)) is not None:
+        # The last start was refused: say why, and try again (elsewhere if possible) later.
+        draft.recheck_after = left
+        draft.condition(READY, "False", "InstanceCallFailed",
+                        f"{failure.pod} did not start the session: {failure.message}")
+        return
+    if recorded is not None and recorded.trusted and failure is None:
+        # Started there (the grace counts from when the instance accepted the start), or
+        # vanished from there, a moment ago: give it time to show up.
+        since = max(filter(None, (account.status.last_start_time, account.missing_since,
+                                  account.start_accepted_at)), default=None)
         if (left := _grace_left(since, policy, draft.now)) is not None:
             draft.recheck_after = left
             return
@@ -341,13 +387,17 @@ def _recover(
                 "it needs a human (scan a QR code, or set desiredState to Stopped and back)",
             )
         draft.status.instance = None
-        draft.phase(Phase.LOST, f"session found nowhere after {attempts} starts")
+        why = f"; last refusal from {account.call_failure.pod}: {account.call_failure.message}" \
+            if account.call_failure else ""
+        draft.phase(Phase.LOST, f"session found nowhere after {attempts} starts{why}")
         draft.condition(ASSIGNED, "False", "Lost", f"session {session} is on no instance")
         draft.condition(READY, "False", "Lost", f"gave up after {attempts} starts")
         return
 
     candidates = [p for p in fleet if matches(p.view.labels, account.spec.instance_selector)]
     eligible = [p for p in candidates if p.eligible]
+    if account.call_failure is not None:  # a pod that just refused: another one if any
+        eligible = [p for p in eligible if p.name != account.call_failure.pod] or eligible
     if restart_on is not None and restart_on.view.ready and restart_on.health is PodHealth.OK:
         target = restart_on  # it has the session's auth: restart in place
     elif eligible:
@@ -375,7 +425,7 @@ def _recover(
     draft.event(
         "Normal", "Placed",
         f"session {session} {verb} on {target.name} "
-        f"(load {target.load}/{target.view.capacity}, attempt {attempts + 1})",
+        f"(load {target.load}/{target.capacity}, attempt {attempts + 1})",
     )
     draft.assign(target)
     draft.phase(Phase.STARTING, f"asked {target.name} to start the session")

@@ -133,6 +133,11 @@ class PodSnapshot:
     sessions: Mapping[str, ObservedSession] = field(default_factory=dict)
     pending: frozenset[str] = frozenset()  # placed here, not yet observed
     observed_at: datetime | None = None  # when the inventory in `sessions` was asked for
+    capacity: int = -1  # the pod's, within the service's own limit; -1: the pod's
+
+    def __post_init__(self) -> None:
+        if self.capacity < 0:
+            object.__setattr__(self, "capacity", self.view.capacity)
 
     @property
     def name(self) -> str:
@@ -156,7 +161,7 @@ class PodSnapshot:
             and not self.view.terminating
             and self.view.url is not None
             and self.health is PodHealth.OK
-            and self.load < self.view.capacity
+            and self.load < self.capacity
         )
 
     def why_not_eligible(self) -> str:
@@ -171,8 +176,8 @@ class PodSnapshot:
             return "no pod IP"
         if self.health is not PodHealth.OK:
             return f"probe {self.health.value}"
-        if self.load >= view.capacity:
-            return f"full ({self.load}/{view.capacity})"
+        if self.load >= self.capacity:
+            return f"full ({self.load}/{self.capacity})"
         return "eligible"
 
 
@@ -182,4 +187,4 @@ def matches(labels: Mapping[str, str], selector: Mapping[str, str] | None) -> bo
 
 def least_loaded(candidates: Sequence[PodSnapshot]) -> PodSnapshot:
     """Lowest load/capacity; ties break on absolute load, then on name (deterministic)."""
-    return min(candidates, key=lambda p: (p.load / p.view.capacity, p.load, p.name))
+    return min(candidates, key=lambda p: (p.load / p.capacity, p.load, p.name))

@@ -26,11 +26,15 @@ from controller import metrics
 from controller.fleet import InstanceDefaults, PodHealth, PodSnapshot, PodView, pod_view
 from controller.instances import (
     PROTOCOLS,
+    CallTimeouts,
     InstanceAdapter,
     InstanceAuthError,
+    InstanceError,
     InstanceHttp,
+    InstanceInfo,
     InstanceUnavailable,
     Inventory,
+    build_adapter,
 )
 from controller.secrets import SecretValue
 
@@ -51,6 +55,8 @@ class _PodState:
     probed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     last_error: str | None = None
+    info: InstanceInfo | None = None  # what the instance said of itself, once per run
+    warned: str | None = None  # the last inventory problem told in a Warning event
     observed_at: datetime | None = None
     started: int = 0  # probes begun, and probes finished: `reprobe` waits on these
     finished: int = 0
@@ -67,6 +73,7 @@ class Observer:
         interval: float,
         failure_threshold: int,
         pending_ttl: float,
+        timeouts: CallTimeouts | None = None,
     ) -> None:
         self._http = http
         self._api_key = api_key
@@ -74,6 +81,7 @@ class Observer:
         self._interval = interval
         self._failure_threshold = failure_threshold
         self._pending_ttl = pending_ttl
+        self._timeouts = timeouts or CallTimeouts()
         self._pods: dict[PodKey, _PodState] = {}
         self._watchers: dict[tuple[str, str], set[asyncio.Event]] = defaultdict(set)
         self._demand = asyncio.Event()
@@ -127,6 +135,7 @@ class Observer:
                 sessions=dict(state.inventory),
                 pending=frozenset(state.pending),
                 observed_at=state.observed_at,
+                capacity=_capacity(state),
             ))
         return pods
 
@@ -141,6 +150,14 @@ class Observer:
         state = self._pods.get((namespace, pod))
         if state is not None:
             state.pending.pop(session, None)
+
+    def forget(self, namespace: str, pod: str, session: str) -> None:
+        """The pod stopped the session at our request: count it gone until the next probe
+        says otherwise, so no other decision stops it there again meanwhile."""
+        state = self._pods.get((namespace, pod))
+        if state is not None and session in state.inventory:
+            state.inventory = {n: s for n, s in state.inventory.items() if n != session}
+            state.poke.set()
 
     def refresh(self, namespace: str, pod: str) -> None:
         """Probe one pod now (after an instance call or a webhook)."""
@@ -173,12 +190,14 @@ class Observer:
 
     def adapter(self, namespace: str, pod: str, api_key: str) -> InstanceAdapter | None:
         state = self._pods.get((namespace, pod))
-        return None if state is None else self._adapter(state.view, api_key)
+        return None if state is None else self._adapter(state, api_key)
 
-    def _adapter(self, view: PodView, api_key: str) -> InstanceAdapter | None:
+    def _adapter(self, state: _PodState, api_key: str) -> InstanceAdapter | None:
+        view = state.view
         if view.url is None or view.problem:
             return None
-        return PROTOCOLS[view.protocol](self._http, view.url, api_key)
+        return build_adapter(view.protocol, self._http, view.url, api_key, info=state.info,
+                             timeouts=self._timeouts)
 
     async def api_key(self) -> str:
         return await self._api_key.get() or ""
@@ -243,14 +262,16 @@ class Observer:
     async def _probe(self, state: _PodState) -> None:
         view = state.view
         before_health, before_inventory = state.health, state.inventory
-        adapter = self._adapter(view, await self.api_key())
+        adapter = self._adapter(state, await self.api_key())
         asked_at = datetime.now(UTC)
         if adapter is None:
             state.health, state.inventory = PodHealth.DOWN, {}
         else:
             try:
+                if state.info is None:
+                    adapter = await self._describe(state, adapter)
                 with metrics.PROBE_SECONDS.labels(view.namespace, view.name).time():
-                    inventory = await adapter.inventory()
+                    report = await adapter.inventory()
             except InstanceAuthError as error:
                 metrics.PROBE_FAILURES.labels(view.namespace, view.name, "auth").inc()
                 await self._auth_failed(state, error)
@@ -258,6 +279,11 @@ class Observer:
                 metrics.PROBE_FAILURES.labels(view.namespace, view.name, error.kind).inc()
                 state.failures += 1
                 state.last_error = f"{error.kind}: {error}"
+                if error.kind in ("refused", "timeout", "transport"):
+                    state.info = None  # maybe a new process: ask what it is once it answers
+                else:
+                    self._warn(state, "InstanceUnreadable",
+                               f"the instance's inventory cannot be read ({error})")
                 down = state.failures >= self._failure_threshold
                 if down:
                     state.health, state.inventory = PodHealth.DOWN, {}
@@ -270,20 +296,57 @@ class Observer:
                 if before_health is PodHealth.AUTH_FAILED:
                     logger.info("instance pod %s/%s accepts the API key again",
                                 view.namespace, view.name)
+                inventory = report.sessions
                 state.health, state.inventory, state.failures = PodHealth.OK, inventory, 0
                 state.observed_at = asked_at
                 state.last_error = None
+                if report.skipped:
+                    self._warn(state, "InventoryEntrySkipped",
+                               f"{len(report.skipped)} inventory entries could not be read and "
+                               f"were skipped (the others count): {'; '.join(report.skipped)}")
+                else:
+                    state.warned = None
                 for session in inventory:
                     state.pending.pop(session, None)
         state.probed.set()
         metrics.INSTANCE_SESSIONS.labels(view.namespace, view.name).set(len(state.inventory))
-        metrics.INSTANCE_CAPACITY.labels(view.namespace, view.name).set(view.capacity)
+        metrics.INSTANCE_CAPACITY.labels(view.namespace, view.name).set(_capacity(state))
         if state.health is not before_health:
             logger.info("instance pod %s/%s is %s (was %s)", view.namespace, view.name,
                         state.health.value, before_health.value)
             self._wake_namespace(view.namespace)
         else:
             self._wake(view.namespace, _changed(before_inventory, state.inventory))
+
+    async def _describe(self, state: _PodState, adapter: InstanceAdapter) -> InstanceAdapter:
+        """Ask the instance what it is (tier, limits, key checking) once per run."""
+        view = state.view
+        try:
+            info = await adapter.describe()
+        except InstanceAuthError:
+            raise
+        except InstanceError as error:
+            logger.info("instance pod %s/%s did not describe itself: %s",
+                        view.namespace, view.name, error)
+            return adapter
+        state.info = info
+        logger.info("instance pod %s/%s is %s %s %s", view.namespace, view.name, view.protocol,
+                    info.version or "(version unknown)", info.tier or "")
+        if info.checks_key is False:
+            kopf.event(dict(state.body), type="Warning", reason="InstanceAcceptsAnyKey",
+                       message=f"the instance ({view.protocol} {info.version or ''} "
+                               f"{info.tier or ''}) accepts any API key: anyone who reaches "
+                               "its port controls its sessions; restrict it with a "
+                               "NetworkPolicy or upgrade it")
+        return self._adapter(state, await self.api_key()) or adapter
+
+    def _warn(self, state: _PodState, reason: str, message: str) -> None:
+        """One Warning event on the pod per change of what is wrong, never a storm."""
+        if state.warned == message:
+            return
+        state.warned = message
+        logger.warning("instance pod %s/%s: %s", state.view.namespace, state.view.name, message)
+        kopf.event(dict(state.body), type="Warning", reason=reason, message=message[:1000])
 
     async def _auth_failed(self, state: _PodState, error: InstanceAuthError) -> None:
         view = state.view
@@ -296,6 +359,12 @@ class Observer:
         state.health, state.inventory = PodHealth.AUTH_FAILED, {}
         state.last_error = f"auth: {error}"
         await self._api_key.refresh()  # the key may have been fixed: next probe uses it
+
+
+def _capacity(state: _PodState) -> int:
+    """The pod's capacity, within any limit the service itself has (WAHA Core: 1)."""
+    limit = state.info.max_sessions if state.info else None
+    return state.view.capacity if limit is None else min(state.view.capacity, limit)
 
 
 def _changed(before: Inventory, after: Inventory) -> set[str]:

@@ -24,15 +24,22 @@ from controller import metrics
 from controller.api import WAAccountSpec, WAAccountStatus
 from controller.decisions import (
     Account,
+    CallFailure,
     Decision,
+    Event,
     Policy,
     ProbePod,
     StartSession,
-    StopSession,
     decide,
 )
 from controller.fleet import PodSnapshot
-from controller.instances import InstanceError, SessionRequest
+from controller.instances import (
+    InstanceAdapter,
+    InstanceError,
+    InstanceRefused,
+    SessionRequest,
+    SessionState,
+)
 from controller.kube import Kube
 from controller.observer import Observer
 
@@ -64,6 +71,11 @@ class Reconciler:
         self._rechecks: dict[str, float] = {}  # uid -> seconds until decide must run again
         self._missing_since: dict[str, datetime] = {}
         self._duplicate_since: dict[str, datetime] = {}
+        self._failed_since: dict[str, datetime] = {}
+        # Single flight: (namespace, session) -> the pod a start call is on its way to.
+        self._starting: dict[tuple[str, str], str] = {}
+        self._accepted: dict[str, datetime] = {}  # uid -> when the instance took the start
+        self._call_failures: dict[str, CallFailure] = {}  # uid -> the last refused start
         self._running: dict[tuple[str, str], tuple[str, str]] = {}  # (ns, name) -> (uid, session)
         self._rediscover_marks: dict[str, str | None] = {}  # uid -> annotation value last seen
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -162,74 +174,136 @@ class Reconciler:
                 del self._wakes[uid]
                 self._running.pop((namespace, body.metadata.name), None)
                 self._rediscoveries.pop(uid, None)
-                self._missing_since.pop(uid, None)
-                self._duplicate_since.pop(uid, None)
+                for memory in (self._missing_since, self._duplicate_since, self._failed_since,
+                               self._accepted, self._call_failures):
+                    memory.pop(uid, None)
 
     async def reconcile(self, body: kopf.Body) -> None:
         precise_now = datetime.now(UTC)
         now = precise_now.replace(microsecond=0)  # what status records
-        fleet = self._observer.snapshot(str(body.metadata.namespace))
-        account = _account(body, *self._copies_since(body, fleet, precise_now))
+        namespace, uid = str(body.metadata.namespace), account_uid(body)
+        session = str((body.spec or {}).get("sessionId", ""))
+        fleet = self._observer.snapshot(namespace)
+        account = _account(body, *self._memory(uid, session, fleet, precise_now),
+                           start_in_flight=self._starting.get((namespace, session)),
+                           call_failure=self._call_failures.get(uid))
         if account is None:
             return
         decision = decide(account, fleet, self._policy, now)
         if decision.recheck_after is not None:
-            self._rechecks[account_uid(body)] = decision.recheck_after.total_seconds() + 0.1
+            self._rechecks[uid] = decision.recheck_after.total_seconds() + 0.1
         starts = [a for a in decision.actions if isinstance(a, StartSession)]
         for start in starts:
-            self._observer.reserve(account.namespace, start.pod, account.spec.session_id)
+            # Before any await: no other pass sends a start for this session meanwhile.
+            self._starting[(namespace, session)] = start.pod
+            self._observer.reserve(namespace, start.pod, session)
         if decision.changes(account.status):
-            written = await self._kube.patch_status(
-                account.namespace, account.name, str(body.metadata["resourceVersion"]),
-                status_patch(body.get("status") or {}, decision.status),
-            )
+            try:
+                written = await self._kube.patch_status(
+                    account.namespace, account.name, str(body.metadata["resourceVersion"]),
+                    status_patch(body.get("status") or {}, decision.status),
+                )
+            except BaseException:
+                self._abandon(namespace, session, starts)
+                raise
             if not written:
-                for start in starts:
-                    self._observer.release(account.namespace, start.pod, account.spec.session_id)
+                self._abandon(namespace, session, starts)
                 return  # the fresh object's watch event wakes this loop again
+        # A placement is told once the instance accepted it, never for a call not made.
+        placed = [e for e in decision.events if e.reason == "Placed"]
         for event in decision.events:
-            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-            if event.reason in EVENT_COUNTERS:
-                EVENT_COUNTERS[event.reason].labels(account.namespace).inc()
-        await self._act(body, account, decision)
+            if event not in placed:
+                self._post(body, account.namespace, event)
+        await self._act(body, account, decision, placed)
 
-    def _copies_since(
-        self, body: kopf.Body, fleet: list[PodSnapshot], now: datetime
-    ) -> tuple[datetime | None, datetime | None]:
-        """Since when the session shows on no pod, and since when on more than one."""
-        session = (body.spec or {}).get("sessionId")
-        uid = account_uid(body)
-        copies = sum(p.trusted and session in p.sessions for p in fleet)
-        return (_since(self._missing_since, uid, now, copies == 0),
-                _since(self._duplicate_since, uid, now, copies > 1))
+    def _abandon(self, namespace: str, session: str, starts: list[StartSession]) -> None:
+        for start in starts:
+            self._starting.pop((namespace, session), None)
+            self._observer.release(namespace, start.pod, session)
 
-    async def _act(self, body: kopf.Body, account: Account, decision: Decision) -> None:
+    @staticmethod
+    def _post(body: kopf.Body, namespace: str, event: Event) -> None:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        if event.reason in EVENT_COUNTERS:
+            EVENT_COUNTERS[event.reason].labels(namespace).inc()
+
+    def _memory(
+        self, uid: str, session: str, fleet: list[PodSnapshot], now: datetime
+    ) -> tuple[datetime | None, ...]:
+        """What the shell remembers of the account: since when its session shows on no
+        pod, on more than one, and failed; when its last start was accepted; its last
+        refused start. A session seen again ends the start's story."""
+        copies = [p.sessions[session] for p in fleet if p.trusted and session in p.sessions]
+        if copies:
+            self._accepted.pop(uid, None)
+            if any(c.state is not SessionState.FAILED for c in copies):
+                self._call_failures.pop(uid, None)
+        failed = bool(copies) and all(c.state is SessionState.FAILED for c in copies)
+        return (_since(self._missing_since, uid, now, not copies),
+                _since(self._duplicate_since, uid, now, len(copies) > 1),
+                _since(self._failed_since, uid, now, failed),
+                self._accepted.get(uid))
+
+    async def _act(self, body: kopf.Body, account: Account, decision: Decision,
+                   placed: list[Event]) -> None:
         api_key = await self._observer.api_key()
         for action in decision.actions:
             if isinstance(action, ProbePod):
                 self._observer.refresh(account.namespace, action.pod)
                 continue
             adapter = self._observer.adapter(account.namespace, action.pod, api_key)
+            if isinstance(action, StartSession):
+                # A start is a browser launch (blazz answers after WhatsApp Web loaded):
+                # it runs on its own, so this account's next decisions are not held up.
+                self._spawn(self._start(body, account, action, adapter, placed))
+                continue
             try:
                 if adapter is None:
                     raise InstanceError(f"pod {action.pod} is gone")
-                if isinstance(action, StartSession):
-                    await adapter.start(SessionRequest(
-                        session_id=account.spec.session_id,
-                        workspace_id=account.spec.workspace_id,
-                        account_id=account.spec.account_uuid,
-                        resume=action.resume,
-                    ))
-                elif isinstance(action, StopSession):
-                    await adapter.stop(account.spec.session_id, account.spec.workspace_id)
+                await adapter.stop(account.spec.session_id, account.spec.workspace_id)
             except InstanceError as error:
-                verb = "start" if isinstance(action, StartSession) else "stop"
-                logger.warning("%s/%s: %s of session %s on %s failed: %s", account.namespace,
-                               account.name, verb, account.spec.session_id, action.pod, error)
-                kopf.event(body, type="Warning", reason="InstanceCallFailed",
-                           message=f"{verb} on {action.pod} failed ({error.kind}): {error}")
-                self._observer.release(account.namespace, action.pod, account.spec.session_id)
+                self._call_failed(body, account, "stop", action.pod, error)
+            else:
+                self._observer.forget(account.namespace, action.pod, account.spec.session_id)
             self._observer.refresh(account.namespace, action.pod)
+
+    async def _start(self, body: kopf.Body, account: Account, action: StartSession,
+                     adapter: InstanceAdapter | None, placed: list[Event]) -> None:
+        namespace, session, uid = account.namespace, account.spec.session_id, account_uid(body)
+        try:
+            if adapter is None:
+                raise InstanceError(f"pod {action.pod} is gone")
+            await adapter.start(SessionRequest(
+                session_id=session,
+                workspace_id=account.spec.workspace_id,
+                account_id=account.spec.account_uuid,
+                resume=action.resume,
+            ))
+        except InstanceError as error:
+            message = error.instance_message if isinstance(error, InstanceRefused) and \
+                error.instance_message else str(error)
+            self._call_failures[uid] = CallFailure(action.pod, message, datetime.now(UTC))
+            self._observer.release(namespace, action.pod, session)
+            self._call_failed(body, account, "start", action.pod, error)
+        else:
+            self._accepted[uid] = datetime.now(UTC)
+            self._call_failures.pop(uid, None)
+            self._observer.reserve(namespace, action.pod, session)  # its grace starts now
+            for event in placed:
+                self._post(body, namespace, event)
+        finally:
+            self._starting.pop((namespace, session), None)
+            self._observer.refresh(namespace, action.pod)
+            self.poke(uid)
+
+    @staticmethod
+    def _call_failed(body: kopf.Body, account: Account, verb: str, pod: str,
+                     error: InstanceError) -> None:
+        said = error.instance_message if isinstance(error, InstanceRefused) else ""
+        logger.warning("%s/%s: %s of session %s on %s failed: %s", account.namespace,
+                       account.name, verb, account.spec.session_id, pod, error)
+        kopf.event(body, type="Warning", reason="InstanceCallFailed",
+                   message=f"{verb} on {pod} failed ({error.kind}): {said or error}"[:1000])
 
 
 def _since(store: dict[str, datetime], uid: str, now: datetime, holds: bool) -> datetime | None:
@@ -245,7 +319,9 @@ def account_uid(body: kopf.Body) -> str:
 
 
 def _account(
-    body: kopf.Body, missing_since: datetime | None, duplicate_since: datetime | None
+    body: kopf.Body, missing_since: datetime | None, duplicate_since: datetime | None,
+    failed_since: datetime | None, start_accepted_at: datetime | None, *,
+    start_in_flight: str | None, call_failure: CallFailure | None,
 ) -> Account | None:
     """The account as plain data; a body the schema let through but we cannot read is
     reported on the object, never raised."""
@@ -258,6 +334,10 @@ def _account(
             status=WAAccountStatus.model_validate(dict(body.status)),
             missing_since=missing_since,
             duplicate_since=duplicate_since,
+            failed_since=failed_since,
+            start_in_flight=start_in_flight,
+            start_accepted_at=start_accepted_at,
+            call_failure=call_failure,
         )
     except ValidationError as error:
         message = f"cannot read this WAAccount: {error.errors()[0]['msg']}"

@@ -44,6 +44,7 @@ class Services:
             interval=settings.probe_interval,
             failure_threshold=settings.probe_failure_threshold,
             pending_ttl=settings.start_grace,
+            timeouts=settings.call_timeouts,
         )
         reconciler = Reconciler(
             observer=observer, kube=kube, policy=settings.policy,

@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from controller.decisions import Policy
 from controller.fleet import InstanceDefaults
-from controller.instances import PROTOCOLS
+from controller.instances import PROTOCOLS, CallTimeouts
 from controller.mirror.schema import IDENTIFIER
 
 
@@ -39,7 +39,16 @@ class Settings(BaseSettings):
     probe_failure_threshold: int = Field(
         3, ge=1, description="Failed probes in a row before a pod's sessions count as gone."
     )
-    start_grace: float = Field(60.0, ge=0, description="Seconds a started session has to appear.")
+    start_timeout: float = Field(
+        120.0, gt=0, description="Seconds a start call may take (blazz answers only after the "
+        "browser loaded WhatsApp Web); never retried while it runs.",
+    )
+    stop_timeout: float = Field(
+        30.0, gt=0, description="Seconds a stop call may take (WAHA sleeps ~3 s in it)."
+    )
+    start_grace: float = Field(
+        60.0, ge=0, description="Seconds a session has to appear after its start was accepted."
+    )
     max_start_attempts: int = Field(3, ge=1, description="Starts before an account is Lost.")
     resync_interval: float = Field(
         300.0, gt=0, description="Seconds between re-decisions of an account nothing woke."
@@ -149,6 +158,11 @@ class Settings(BaseSettings):
             protocol=self.default_protocol, port=self.default_port,
             capacity=self.default_capacity, url_template=self.url_template,
         )
+
+    @property
+    def call_timeouts(self) -> CallTimeouts:
+        return CallTimeouts(probe=self.probe_timeout, start=self.start_timeout,
+                            stop=self.stop_timeout)
 
     @property
     def policy(self) -> Policy:

@@ -110,6 +110,8 @@ class WebhookReceiver:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self._limits.max_body)
         app.router.add_post("/webhooks", self._webhook)
+        # blazz posts to ${LARAVEL_URL} plus this fixed path: accept it as it is.
+        app.router.add_post("/api/whatsapp/webhooks/webjs", self._webhook)
         app.router.add_post("/rediscover/{namespace}/{name}", self._rediscover)
         return app
 

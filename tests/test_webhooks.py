@@ -48,7 +48,7 @@ def receiver(core: k8s.CoreV1Api, namespace: str, fleet: Fleet, tmp_path: Path
     secret_file = tmp_path / "webhook-secret"
     secret_file.write_text(SECRET)
     url = f"http://127.0.0.1:{free_port()}"
-    fleet.webhooks = WebhookTarget(f"{url}/webhooks", secret_file)
+    fleet.webhooks = WebhookTarget(url, secret_file)
     return url
 
 

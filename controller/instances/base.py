@@ -23,14 +23,54 @@ class SessionState(StrEnum):
 
 @dataclass(frozen=True)
 class ObservedSession:
-    """One session as an instance reported it: our word and the instance's own."""
+    """One session as an instance reported it: our word and the instance's own.
+
+    `raw_status` is the instance's word verbatim, "" when the entry carried none (blazz
+    lists a session it restored by itself without one). `reconnecting`: the instance
+    says it is bringing the session back by itself (blazz `disconnected`), so it gets
+    the start grace before anyone restarts it.
+    """
 
     name: str
     state: SessionState
     raw_status: str
+    reconnecting: bool = False
 
 
 Inventory = dict[str, ObservedSession]
+
+
+@dataclass(frozen=True)
+class InventoryReport:
+    """One inventory answer: the sessions read, and the entries that could not be read
+    (each named, e.g. "entry 3: no session_id"), which never void the others."""
+
+    sessions: Inventory
+    skipped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """What an instance says about itself, asked once per pod (and again after it failed).
+
+    `max_sessions`: a limit the service itself imposes (WAHA Core runs one session), on
+    top of the pod's capacity. `checks_key`: False when the service accepts any API key.
+    """
+
+    version: str | None = None
+    tier: str | None = None
+    max_sessions: int | None = None
+    checks_key: bool | None = None
+
+
+@dataclass(frozen=True)
+class CallTimeouts:
+    """Whole-request deadlines per kind of call: a start is a browser launch (blazz answers
+    only after WhatsApp Web loaded), a stop sleeps in WAHA; a probe must stay quick."""
+
+    probe: float = 5.0
+    start: float = 120.0
+    stop: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -69,14 +109,22 @@ class InstanceAdapter(abc.ABC):
 
     protocol: str
 
-    def __init__(self, http: InstanceHttp, base_url: str, api_key: str) -> None:
+    def __init__(self, http: InstanceHttp, base_url: str, api_key: str, *,
+                 info: InstanceInfo | None = None, timeouts: CallTimeouts | None = None
+                 ) -> None:
         self.http = http
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
+        self.info = info or InstanceInfo()
+        self.timeouts = timeouts or CallTimeouts()
+
+    async def describe(self) -> InstanceInfo:
+        """What the instance says about itself (version, tier, limits); nothing by default."""
+        return InstanceInfo()
 
     @abc.abstractmethod
-    async def inventory(self) -> Inventory:
-        """Every session the instance holds, with one request."""
+    async def inventory(self) -> InventoryReport:
+        """Every session the instance holds, with one request, read entry by entry."""
 
     @abc.abstractmethod
     async def start(self, request: SessionRequest) -> None:

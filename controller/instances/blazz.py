@@ -16,13 +16,13 @@ from pydantic import BaseModel, ValidationError
 from controller.instances.base import (
     InstanceAdapter,
     InstanceEvent,
-    Inventory,
+    InventoryReport,
     ObservedSession,
     SessionRequest,
     SessionState,
     WebhookRejected,
 )
-from controller.instances.errors import InstanceUnavailable
+from controller.instances.errors import InstanceAuthError, InstanceError, InstanceUnavailable
 from controller.secrets import same_secret
 
 _STATES = {
@@ -32,6 +32,10 @@ _STATES = {
     "disconnected": SessionState.FAILED,
     "error": SessionState.FAILED,
 }
+# WhatsApp dropped the session and the service's AutoReconnect is bringing it back.
+_RECONNECTING = frozenset({"disconnected"})
+# A copy in these states holds nothing alive: a start replaces it (delete, then create).
+_DEAD = frozenset({"disconnected", "error"})
 
 
 # What an event says of its session when its data carries no status word.
@@ -59,16 +63,6 @@ class _Webhook(BaseModel):
     data: _WebhookData = _WebhookData()
 
 
-class _Session(BaseModel):
-    session_id: str
-    status: str
-
-
-class _SessionList(BaseModel):
-    success: bool
-    sessions: list[_Session]
-
-
 class BlazzAdapter(InstanceAdapter):
     protocol = "blazz"
 
@@ -76,43 +70,85 @@ class BlazzAdapter(InstanceAdapter):
     def normalize(word: str) -> SessionState:
         return _STATES.get(word, SessionState.UNKNOWN)
 
-    async def inventory(self) -> Inventory:
+    @classmethod
+    def observed(cls, session_id: str, status: object) -> ObservedSession:
+        """One listed session. A restored session is listed without `status` (the service
+        stores none): it is still held there, in a state we do not know."""
+        word = status if isinstance(status, str) else ""
+        state = cls.normalize(word) if word else SessionState.UNKNOWN
+        return ObservedSession(session_id, state, word, reconnecting=word in _RECONNECTING)
+
+    async def inventory(self) -> InventoryReport:
         url = f"{self.base_url}/api/sessions"
-        _, answer = await self.http.request("GET", url, params={"api_key": self.api_key})
-        try:
-            listing = _SessionList.model_validate(answer)
-        except ValidationError as error:
-            raise InstanceUnavailable("garbage", f"GET {url}: unexpected answer shape") from error
-        if not listing.success:
+        _, answer = await self.http.request(
+            "GET", url, params={"api_key": self.api_key}, deadline=self.timeouts.probe)
+        if not isinstance(answer, dict) or not isinstance(answer.get("sessions"), list):
+            raise InstanceUnavailable("garbage", f"GET {url}: not a session list "
+                                      f"(got {type(answer).__name__})")
+        if answer.get("success") is False:
             raise InstanceUnavailable("garbage", f"GET {url}: success=false")
-        return {
-            s.session_id: ObservedSession(s.session_id, self.normalize(s.status), s.status)
-            for s in listing.sessions
-        }
+        sessions, skipped = {}, []
+        for index, entry in enumerate(answer["sessions"]):
+            session_id = entry.get("session_id") if isinstance(entry, dict) else None
+            if not isinstance(session_id, str) or not session_id:
+                skipped.append(f"entry {index}: no session_id in {str(entry)[:80]}")
+                continue
+            sessions[session_id] = self.observed(session_id, entry.get("status"))
+        return InventoryReport(sessions, tuple(skipped))
+
+    async def _held(self, session_id: str) -> ObservedSession | None:
+        """The session as this pod holds it now, or None (one request)."""
+        status, answer = await self.http.request(
+            "GET", f"{self.base_url}/api/sessions/{session_id}/status",
+            params={"api_key": self.api_key}, ok=(200, 404), deadline=self.timeouts.probe)
+        if status == 404:
+            return None
+        return self.observed(session_id, (answer or {}).get("status"))
 
     async def start(self, request: SessionRequest) -> None:
-        if request.resume:
-            status, _ = await self.http.request(
-                "POST",
-                f"{self.base_url}/api/sessions/{request.session_id}/restore",
-                body={"workspace_id": request.workspace_id, "api_key": self.api_key},
-                ok=(200, 201, 404),
-            )
-            if status != 404:
-                return
-            # Nothing stored to restore from: create it (it will need a QR scan).
+        """Bring the session up here, sending at most one create.
+
+        The service has no existence check (a second create for one id starts a second
+        client whose failure deletes the first one's entries), so the pod is asked first.
+        Restore is tried for a session that ran before; whatever its answer short of
+        `success: true` (the recorded service always answers 500), create follows.
+        """
+        session = request.session_id
+        held = await self._held(session)
+        if held is not None and held.raw_status not in _DEAD:
+            return  # it runs here already (or is being created): nothing to send
+        if held is not None:  # a dead copy: replace it
+            await self.stop(session, request.workspace_id)
+        if request.resume and await self._restored(request):
+            return
+        if request.resume and await self._held(session) is not None:
+            return  # the failed restore brought it back after all
         await self.http.request(
             "POST",
             f"{self.base_url}/api/sessions",
             body={
-                "session_id": request.session_id,
+                "session_id": session,
                 "workspace_id": request.workspace_id,
                 "account_id": request.account_id,
                 "api_key": self.api_key,
                 "priority": "normal",
             },
-            ok=(200, 201, 409),
+            deadline=self.timeouts.start,
         )
+
+    async def _restored(self, request: SessionRequest) -> bool:
+        try:
+            _, answer = await self.http.request(
+                "POST",
+                f"{self.base_url}/api/sessions/{request.session_id}/restore",
+                body={"workspace_id": request.workspace_id, "api_key": self.api_key},
+                deadline=self.timeouts.start,
+            )
+        except InstanceAuthError:
+            raise
+        except InstanceError:
+            return False  # 5xx, 4xx, timeout: create instead
+        return isinstance(answer, dict) and answer.get("success") is True
 
     async def stop(self, session_id: str, workspace_id: str | None) -> None:
         await self.http.request(
@@ -120,6 +156,7 @@ class BlazzAdapter(InstanceAdapter):
             f"{self.base_url}/api/sessions/{session_id}",
             body={"workspace_id": workspace_id, "api_key": self.api_key},
             ok=(200, 204, 404),
+            deadline=self.timeouts.stop,
         )
 
     @staticmethod

@@ -8,19 +8,31 @@ from typing import Any
 
 import httpx
 
-from controller.instances.errors import InstanceAuthError, InstanceUnavailable
+from controller.instances.errors import InstanceAuthError, InstanceRefused, InstanceUnavailable
+
+
+def instance_message(body: Any) -> str:
+    """What an instance said in an error answer (`message` for WAHA, `error` for blazz)."""
+    if isinstance(body, dict):
+        for key in ("message", "error"):
+            if isinstance(body.get(key), str):
+                return body[key]
+    return ""
 
 
 class InstanceHttp:
-    """Pooled HTTP with a per-request timeout and a cap on requests in flight.
+    """Pooled HTTP with a whole-request deadline and a cap on requests in flight.
 
-    Every failure becomes an `InstanceUnavailable` or `InstanceAuthError` with a
-    short kind (timeout, refused, garbage, http_5xx, ...), so callers count and
-    report failures per pod without knowing httpx.
+    Every failure becomes an `InstanceUnavailable` (or its `InstanceRefused`) or an
+    `InstanceAuthError` with a short kind (timeout, refused, garbage, http_5xx, ...), so
+    callers count and report failures per pod without knowing httpx.
     """
 
-    def __init__(self, *, timeout: float, max_in_flight: int = 64) -> None:
+    def __init__(self, *, timeout: float, max_in_flight: int = 64,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.timeout = timeout
         self._client = httpx.AsyncClient(
+            transport=transport,
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=32),
             follow_redirects=False,
@@ -42,29 +54,43 @@ class InstanceHttp:
         headers: dict[str, str] | None = None,
         body: dict[str, Any] | None = None,
         ok: tuple[int, ...] = (200, 201),
+        deadline: float | None = None,
     ) -> tuple[int, Any]:
-        """Send one request; return (status, parsed JSON or None) for expected statuses."""
+        """Send one request; return (status, parsed JSON or None) for expected statuses.
+
+        `deadline` (seconds; default: the client's timeout) bounds the whole request, not
+        each read: a pod that trickles its answer cannot hold a caller past it.
+        """
+        deadline = deadline or self.timeout
         async with self._in_flight:
             try:
-                response = await self._client.request(
-                    method, url, params=params, headers=headers, json=body
-                )
-            except httpx.TimeoutException as error:
-                raise InstanceUnavailable("timeout", f"{method} {url}: timed out") from error
+                async with asyncio.timeout(deadline):
+                    response = await self._client.request(
+                        method, url, params=params, headers=headers, json=body,
+                        timeout=httpx.Timeout(deadline),
+                    )
+            except (TimeoutError, httpx.TimeoutException) as error:
+                raise InstanceUnavailable(
+                    "timeout", f"{method} {url}: no answer within {deadline:.0f} s") from error
             except httpx.ConnectError as error:
                 raise InstanceUnavailable("refused", f"{method} {url}: {error}") from error
             except httpx.HTTPError as error:
                 raise InstanceUnavailable("transport", f"{method} {url}: {error}") from error
+        answer: Any = None
+        if response.content:
+            try:
+                answer = response.json()
+            except ValueError as error:
+                if response.status_code in ok:
+                    raise InstanceUnavailable(
+                        "garbage", f"{method} {url}: answer is not JSON") from error
         if response.status_code == 401:
             raise InstanceAuthError(f"{method} {url}: 401, the instance refused the API key")
         if response.status_code not in ok:
-            kind = "http_5xx" if response.status_code >= 500 else "http_4xx"
+            said = instance_message(answer)
+            detail = f"{method} {url}: HTTP {response.status_code}" + (f": {said}" if said else "")
+            if 400 <= response.status_code < 500:
+                raise InstanceRefused(response.status_code, said, detail)
             raise InstanceUnavailable(
-                kind, f"{method} {url}: unexpected HTTP {response.status_code}"
-            )
-        if not response.content:
-            return response.status_code, None
-        try:
-            return response.status_code, response.json()
-        except ValueError as error:
-            raise InstanceUnavailable("garbage", f"{method} {url}: answer is not JSON") from error
+                "http_5xx" if response.status_code >= 500 else "http_other", detail)
+        return response.status_code, answer

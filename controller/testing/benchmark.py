@@ -92,7 +92,7 @@ class Bench:
         secret_file.write_text(WEBHOOK_SECRET)
         self.webhook_url = f"http://127.0.0.1:{free_port()}"
         self.fleet = Fleet(self.core, NAMESPACE, key_file,
-                           webhooks=WebhookTarget(f"{self.webhook_url}/webhooks", secret_file))
+                           webhooks=WebhookTarget(self.webhook_url, secret_file))
         self.operator: Operator | None = None
         self.postgres = Postgres(log_statements=True)
 

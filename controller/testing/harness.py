@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from kubernetes import client
 from controller import api
 from controller.handlers import build_registry
 from controller.settings import Settings
+from controller.simulator import PROTOCOLS as SIMULATED
 from controller.testing.control_plane import free_port
 
 T = TypeVar("T")
@@ -95,6 +98,10 @@ class Simulator:
         """Webhook deliveries: attempts, delivered, refused, failed."""
         return self.control("GET", "stats")["webhooks"]
 
+    def starts(self) -> dict[str, int]:
+        """Starts received: creates, restores, stops, doubleCreates, peakConcurrentCreates."""
+        return self.control("GET", "stats")["starts"]
+
     def stop(self) -> None:
         self.process.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -105,10 +112,16 @@ class Simulator:
 
 @dataclass(frozen=True)
 class WebhookTarget:
-    """Where simulators send their webhooks, and the file with the secret they sign with."""
+    """The operator's webhook receiver (its base URL), and the file with the secret the
+    simulators sign with."""
 
     url: str
     secret_file: Path
+
+    def url_for(self, protocol: str) -> str:
+        """What an instance is configured with: blazz takes a base URL (`LARAVEL_URL`) and
+        appends its fixed path; WAHA takes the whole URL."""
+        return self.url if SIMULATED[protocol].webhook_path else f"{self.url}/webhooks"
 
 
 def post_from(source_ip: str, url: str, body: bytes, headers: dict[str, str] | None = None
@@ -121,16 +134,25 @@ def post_from(source_ip: str, url: str, body: bytes, headers: dict[str, str] | N
 
 
 def start_simulator(protocol: str, api_key_file: Path, *, auto_pair: float | None = None,
-                    webhooks: WebhookTarget | None = None, worker_id: str | None = None
-                    ) -> Simulator:
+                    webhooks: WebhookTarget | None = None, worker_id: str | None = None,
+                    tier: str = "default", storage_dir: Path | None = None,
+                    create_delay: float = 0.5, ideal: bool = False) -> Simulator:
+    """One simulator process, faithful to the recorded service unless `ideal`. Its creates
+    take `create_delay` (a browser launch: the recorded ones take seconds)."""
     ip = next_loopback()
     port = free_port(ip)
     argv = [sys.executable, "-m", "controller", "simulate-instance", "--protocol", protocol,
-            "--listen", f"{ip}:{port}", "--api-key-file", str(api_key_file)]
+            "--listen", f"{ip}:{port}", "--api-key-file", str(api_key_file),
+            "--tier", tier, "--create-delay", str(create_delay)]
+    if storage_dir is not None:
+        argv += ["--storage-dir", str(storage_dir)]
+    if ideal:
+        argv.append("--ideal")
     if auto_pair is not None:
         argv += ["--auto-pair", str(auto_pair)]
     if webhooks is not None:
-        argv += ["--webhook-url", webhooks.url, "--webhook-secret-file", str(webhooks.secret_file)]
+        argv += ["--webhook-url", webhooks.url_for(protocol),
+                 "--webhook-secret-file", str(webhooks.secret_file)]
     if worker_id is not None:
         argv += ["--worker-id", worker_id]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -156,11 +178,19 @@ class Fleet:
     api_key_file: Path
     webhooks: WebhookTarget | None = None  # where new simulators send their webhooks
     simulators: dict[str, Simulator] = field(default_factory=dict)
+    # Stored logins, shared by every pod (one storage group, as the seed's instances).
+    storage_dir: Path | None = None
 
     def add(self, name: str, protocol: str = "blazz", *, capacity: int = 50, ready: bool = True,
-            labels: dict[str, str] | None = None, auto_pair: float | None = None) -> Simulator:
+            labels: dict[str, str] | None = None, auto_pair: float | None = None,
+            tier: str | None = None, create_delay: float = 0.5) -> Simulator:
+        """A pod and its simulator. WAHA pods are Plus unless `tier="core"` says otherwise."""
+        if self.storage_dir is None:
+            self.storage_dir = Path(tempfile.mkdtemp(prefix="wa-logins-"))
         sim = start_simulator(protocol, self.api_key_file, auto_pair=auto_pair,
-                              webhooks=self.webhooks, worker_id=name)
+                              webhooks=self.webhooks, worker_id=name,
+                              tier=tier or ("plus" if protocol == "waha" else "default"),
+                              storage_dir=self.storage_dir, create_delay=create_delay)
         self.simulators[name] = sim
         pod = {
             "apiVersion": "v1", "kind": "Pod",
@@ -196,6 +226,8 @@ class Fleet:
     def stop_all(self) -> None:
         for sim in self.simulators.values():
             sim.stop()
+        if self.storage_dir is not None:
+            shutil.rmtree(self.storage_dir, ignore_errors=True)
 
 
 class Accounts:

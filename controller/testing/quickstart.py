@@ -18,6 +18,7 @@ from kubernetes import client, config
 
 from controller import api
 from controller.testing import control_plane
+from controller.testing.harness import WebhookTarget
 
 NAMESPACE = "whatsapp-demo"
 INSTANCES = {"wa-0": ("127.0.0.2", "blazz"), "wa-1": ("127.0.0.3", "blazz"),
@@ -66,10 +67,13 @@ def up() -> None:
     pids = []
     for name, (ip, protocol) in INSTANCES.items():
         port = control_plane.free_port(ip)
+        target = WebhookTarget(webhook_url, hmac_file)
         pids.append(_spawn([sys.executable, "-m", "controller", "simulate-instance",
                             "--protocol", protocol, "--listen", f"{ip}:{port}",
+                            "--tier", "plus" if protocol == "waha" else "default",
+                            "--storage-dir", str(state / "logins"),
                             "--api-key-file", str(key_file), "--auto-pair", "3",
-                            "--webhook-url", f"{webhook_url}/webhooks",
+                            "--webhook-url", target.url_for(protocol),
                             "--webhook-secret-file", str(hmac_file), "--worker-id", name],
                            state / f"{name}.log"))
         with contextlib.suppress(client.ApiException):
