@@ -6,6 +6,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${WA_VENV:-$ROOT/.venv}
 export PATH="$VENV/bin:$PATH"
+# devtools/ (control plane, harness, quickstart, benchmark) is not installed: import it
+# from the checkout.
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 # Go lives outside the default PATH on some images.
 command -v go >/dev/null || export PATH="/usr/local/go/bin:$PATH"
 

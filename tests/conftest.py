@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.testing.control_plane import ControlPlane, ControlPlaneError, tool
+from devtools.control_plane import ControlPlane, ControlPlaneError, tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +73,7 @@ import os  # noqa: E402
 from kubernetes import client as k8s  # noqa: E402
 from kubernetes import config as k8s_config  # noqa: E402
 
-from controller.testing.harness import Accounts, Fleet  # noqa: E402
+from devtools.harness import Accounts, Fleet  # noqa: E402
 
 API_KEY = "test-api-key-7f3a"
 
@@ -121,7 +121,7 @@ def fleet(core: k8s.CoreV1Api, namespace: str, api_key_file: Path) -> Iterator[F
 
 # --- PostgreSQL for the mirror ------------------------------------------------------
 
-from controller.testing.postgres import Postgres, PostgresError  # noqa: E402
+from devtools.postgres import Postgres, PostgresError  # noqa: E402
 
 
 @pytest.fixture(scope="session")

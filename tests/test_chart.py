@@ -12,9 +12,9 @@ import httpx
 import pytest
 import yaml
 
-from controller.testing import manifests
-from controller.testing.control_plane import ControlPlane, free_port, tool
-from controller.testing.harness import (
+from devtools import manifests
+from devtools.control_plane import ControlPlane, free_port, tool
+from devtools.harness import (
     Accounts,
     Fleet,
     all_settled,
@@ -22,7 +22,7 @@ from controller.testing.harness import (
     seed_sessions,
     wait_for,
 )
-from controller.testing.harness import operator_settings as settings
+from devtools.harness import operator_settings as settings
 from tests.conftest import Kubectl
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,8 @@ from controller import metrics
 from controller.mirror import engine_for, upgrade
 from controller.mirror.rows import row_of
 from controller.mirror.schema import mirror_table
-from controller.testing.control_plane import free_port
-from controller.testing.harness import (
+from devtools.control_plane import free_port
+from devtools.harness import (
     Accounts,
     Fleet,
     all_connected,
@@ -26,7 +26,7 @@ from controller.testing.harness import (
     seed_sessions,
     wait_for,
 )
-from controller.testing.postgres import Postgres
+from devtools.postgres import Postgres
 
 pytestmark = pytest.mark.integration
 TABLE = "whatsapp_accounts"

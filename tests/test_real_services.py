@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from controller.testing.harness import (
+from devtools.harness import (
     Accounts,
     Fleet,
     all_connected,
@@ -19,7 +19,7 @@ from controller.testing.harness import (
     seed_sessions,
     wait_for,
 )
-from controller.testing.harness import operator_settings as settings
+from devtools.harness import operator_settings as settings
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from controller import metrics
-from controller.testing.harness import (
+from devtools.harness import (
     Accounts,
     Fleet,
     all_connected,
@@ -16,7 +16,7 @@ from controller.testing.harness import (
     seed_sessions,
     wait_for,
 )
-from controller.testing.harness import operator_settings as settings
+from devtools.harness import operator_settings as settings
 from tests.conftest import API_KEY
 
 pytestmark = pytest.mark.integration

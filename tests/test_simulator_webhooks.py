@@ -15,7 +15,7 @@ from aiohttp import web
 
 from controller.instances import PROTOCOLS, InstanceEvent, SessionState, WebhookRejected
 from controller.simulator import InstanceSimulator
-from controller.testing.control_plane import free_port
+from devtools.control_plane import free_port
 
 SECRET = "sim-secret"
 

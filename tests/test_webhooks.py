@@ -15,8 +15,8 @@ from kubernetes import client as k8s
 
 from controller import metrics
 from controller.instances import blazz, waha
-from controller.testing.control_plane import free_port
-from controller.testing.harness import (
+from devtools.control_plane import free_port
+from devtools.harness import (
     Accounts,
     Fleet,
     WebhookTarget,
@@ -26,7 +26,7 @@ from controller.testing.harness import (
     seed_sessions,
     wait_for,
 )
-from controller.testing.harness import operator_settings as settings
+from devtools.harness import operator_settings as settings
 from tests.conftest import Kubectl
 
 pytestmark = pytest.mark.integration

@@ -23,7 +23,7 @@ from controller import api
 from controller.handlers import build_registry
 from controller.settings import Settings
 from controller.simulator import PROTOCOLS as SIMULATED
-from controller.testing.control_plane import free_port
+from devtools.control_plane import free_port
 
 T = TypeVar("T")
 INSTANCE_LABELS = {"app.kubernetes.io/component": "whatsapp-instance"}

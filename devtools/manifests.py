@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from controller.testing.control_plane import tool
+from devtools.control_plane import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "wa-controller"

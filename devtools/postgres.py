@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from controller.testing.control_plane import free_port
+from devtools.control_plane import free_port
 
 SUPERUSER_PASSWORD = "postgres-test-pw"  # noqa: S105 - a throwaway local test server
 

@@ -30,9 +30,9 @@ from typing import Any
 import httpx
 from kubernetes import client, config
 
-from controller.testing.control_plane import ControlPlane, free_port
-from controller.testing.harness import Accounts, Fleet, Simulator, WebhookTarget, wait_for
-from controller.testing.postgres import Postgres
+from devtools.control_plane import ControlPlane, free_port
+from devtools.harness import Accounts, Fleet, Simulator, WebhookTarget, wait_for
+from devtools.postgres import Postgres
 
 NAMESPACE = "bench"
 API_KEY = "benchmark-key"

@@ -17,8 +17,8 @@ from pathlib import Path
 from kubernetes import client, config
 
 from controller import api
-from controller.testing import control_plane
-from controller.testing.harness import WebhookTarget
+from devtools import control_plane
+from devtools.harness import WebhookTarget
 
 NAMESPACE = "whatsapp-demo"
 INSTANCES = {"wa-0": ("127.0.0.2", "blazz"), "wa-1": ("127.0.0.3", "blazz"),

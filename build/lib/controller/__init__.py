@@ -1,0 +1,1 @@
+"""wa-controller: keeps every WhatsApp session pointed at the instance pod that holds it."""

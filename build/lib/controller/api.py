@@ -1,0 +1,245 @@
+"""The WAAccount API: the pydantic models that are the single source of the CRD schema.
+
+`controller.crd` turns these models into the CustomResourceDefinition in `crds/`;
+a test fails when the committed file drifts from what the models generate.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "wa-controller.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "WAAccount"
+PLURAL = "waaccounts"
+SINGULAR = "waaccount"
+SHORT_NAMES = ("waa",)
+CATEGORIES = ("whatsapp",)
+
+SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+# E.164: up to 15 digits, no leading zero, optional "+". Seven digits at least,
+# so that a local number or a typo is refused rather than mirrored.
+PHONE_NUMBER_PATTERN = r"^\+?[1-9][0-9]{6,14}$"
+# metav1.Condition's own validation rules, so conditions are refused exactly
+# where Kubernetes would refuse them.
+CONDITION_TYPE_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+)
+CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+
+
+def _cel(rule: str, message: str) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
+
+
+class _Model(BaseModel):
+    """Base for API objects: camelCase on the wire, snake_case in Python."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class DesiredState(StrEnum):
+    """What the account should be doing."""
+
+    CONNECTED = "Connected"
+    STOPPED = "Stopped"
+
+
+class Phase(StrEnum):
+    """Where the account is in its life, as the controller observed it."""
+
+    PENDING = "Pending"
+    STARTING = "Starting"
+    PAIRING = "Pairing"
+    CONNECTED = "Connected"
+    LOST = "Lost"
+    STOPPED = "Stopped"
+    FAILED = "Failed"
+
+
+class WAAccountSpec(_Model):
+    """What the account is and what we want of it."""
+
+    session_id: Annotated[
+        str,
+        Field(
+            description=(
+                "Name of the session on the instance (the instance-side session id). "
+                "Letters, digits, '_', '.' and '-', starting with a letter or digit, "
+                "at most 128 characters. Immutable: a new session is a new WAAccount."
+            ),
+            pattern=SESSION_ID_PATTERN,
+            max_length=128,
+            json_schema_extra=_cel("self == oldSelf", "sessionId is immutable"),
+        ),
+    ]
+    phone_number: Annotated[
+        str | None,
+        Field(
+            description=(
+                "Phone number of the WhatsApp account in E.164 form: 7 to 15 digits, "
+                "no leading zero, with or without a leading '+'."
+            ),
+            pattern=PHONE_NUMBER_PATTERN,
+        ),
+    ] = None
+    desired_state: Annotated[
+        DesiredState,
+        Field(
+            description=(
+                "Connected (default) keeps the session running on a healthy instance; "
+                "Stopped asks the instance holding it to stop it."
+            ),
+        ),
+    ] = DesiredState.CONNECTED
+    account_uuid: Annotated[
+        str | None,
+        Field(
+            description="The application's own key for this account, copied into the SQL mirror.",
+            max_length=64,
+        ),
+    ] = None
+    workspace_id: Annotated[
+        str | None,
+        Field(
+            description=(
+                "Tenant id, passed to instances that need it (the blazz service does) "
+                "and copied into the SQL mirror."
+            ),
+            max_length=64,
+        ),
+    ] = None
+    instance_selector: Annotated[
+        dict[str, str] | None,
+        Field(
+            description=(
+                "Extra pod labels an instance must carry to hold this session, on top of "
+                "the controller's instance selector (pools, regions, tiers)."
+            ),
+        ),
+    ] = None
+
+
+class InstanceRef(_Model):
+    """The instance pod holding the session."""
+
+    pod: Annotated[str, Field(description="Name of the instance pod that holds the session.")]
+    url: Annotated[
+        str,
+        Field(
+            description=(
+                "Base URL applications must use for this session, built from the pod "
+                "(never taken from what the instance says about itself)."
+            ),
+        ),
+    ]
+    assigned_at: Annotated[
+        datetime, Field(description="When the session was first seen on, or placed on, this pod.")
+    ]
+
+
+class Condition(_Model):
+    """A metav1.Condition: one aspect of the account's state and when it last changed."""
+
+    type: Annotated[
+        str,
+        Field(
+            description="Type of condition in CamelCase: Assigned, Ready or Mirrored.",
+            pattern=CONDITION_TYPE_PATTERN,
+            max_length=316,
+        ),
+    ]
+    status: Annotated[
+        Literal["True", "False", "Unknown"],
+        Field(description="Status of the condition: True, False or Unknown."),
+    ]
+    reason: Annotated[
+        str,
+        Field(
+            description="Programmatic identifier, in CamelCase, for the last transition.",
+            pattern=CONDITION_REASON_PATTERN,
+            min_length=1,
+            max_length=1024,
+        ),
+    ]
+    message: Annotated[
+        str,
+        Field(description="Human-readable details about the last transition.", max_length=32768),
+    ]
+    last_transition_time: Annotated[
+        datetime, Field(description="When the condition last changed from one status to another.")
+    ]
+    observed_generation: Annotated[
+        int | None,
+        Field(
+            description="The .metadata.generation this condition was set from.",
+            ge=0,
+            json_schema_extra={"format": "int64"},
+        ),
+    ] = None
+
+
+class WAAccountStatus(_Model):
+    """What the controller observed of the account."""
+
+    phase: Annotated[
+        Phase | None,
+        Field(
+            description=(
+                "Pending (no healthy instance with room), Starting (placed, session not "
+                "yet running), Pairing (waiting for a QR scan), Connected, Lost (found "
+                "nowhere, needs a human), Stopped or Failed."
+            ),
+        ),
+    ] = None
+    instance: Annotated[
+        InstanceRef | None,
+        Field(description="The instance pod that holds the session, and the URL to reach it."),
+    ] = None
+    session_status: Annotated[
+        str | None,
+        Field(description="The instance's own word for the session's state, verbatim."),
+    ] = None
+    observed_generation: Annotated[
+        int | None,
+        Field(
+            description="The .metadata.generation of the spec this status was computed from.",
+            ge=0,
+            json_schema_extra={"format": "int64"},
+        ),
+    ] = None
+    message: Annotated[
+        str | None,
+        Field(description="Human-readable explanation of the current phase."),
+    ] = None
+    start_attempts: Annotated[
+        int | None,
+        Field(
+            description=(
+                "Starts the controller asked for since the session last ran or waited for "
+                "a QR scan. At the controller's limit the account is Lost."
+            ),
+            ge=0,
+        ),
+    ] = None
+    last_start_time: Annotated[
+        datetime | None,
+        Field(description="When the controller last asked an instance to start the session."),
+    ] = None
+    conditions: Annotated[
+        list[Condition],
+        Field(
+            description="Assigned, Ready and Mirrored, in the metav1.Condition shape.",
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            },
+        ),
+    ] = []

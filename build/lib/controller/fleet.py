@@ -1,0 +1,190 @@
+"""The fleet as plain data: instance pods as the API server describes them, and what probes saw.
+
+Everything here is pure: parsing a Pod body, eligibility, load and placement are
+functions of their inputs, so the decision code can be tested without a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from controller.instances import ObservedSession, SessionState
+
+ANNOTATION_PREFIX = "wa-controller.io/"
+PROTOCOL_ANNOTATION = ANNOTATION_PREFIX + "protocol"
+PORT_ANNOTATION = ANNOTATION_PREFIX + "port"
+CAPACITY_ANNOTATION = ANNOTATION_PREFIX + "capacity"
+
+
+@dataclass(frozen=True)
+class InstanceDefaults:
+    """Cluster-wide defaults for pods that carry no per-pod annotation."""
+
+    protocol: str = "blazz"
+    port: int = 3000
+    capacity: int = 50
+    url_template: str = "http://{ip}:{port}"
+
+
+@dataclass(frozen=True)
+class PodView:
+    """An instance pod as the API server describes it, never as it describes itself."""
+
+    name: str
+    namespace: str
+    ip: str | None
+    ready: bool
+    terminating: bool
+    labels: Mapping[str, str]
+    protocol: str
+    port: int
+    capacity: int
+    url: str | None
+    problem: str | None = None  # why the pod's annotations could not be used
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+def _int_annotation(
+    annotations: Mapping[str, str], name: str, default: int, lowest: int, highest: int
+) -> int:
+    raw = annotations.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a whole number") from None
+    if not lowest <= value <= highest:
+        raise ValueError(f"{name}={raw!r} is outside {lowest}..{highest}")
+    return value
+
+
+def pod_view(
+    body: Mapping[str, Any], defaults: InstanceDefaults, protocols: Sequence[str]
+) -> PodView:
+    """Read what the controller needs from a Pod object. Bad annotations make the pod
+    ineligible with a `problem`, never an exception."""
+    metadata = body.get("metadata") or {}
+    status = body.get("status") or {}
+    annotations: Mapping[str, str] = metadata.get("annotations") or {}
+    conditions = status.get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    ip = status.get("podIP") or None
+    problem = None
+    protocol = annotations.get(PROTOCOL_ANNOTATION, defaults.protocol)
+    port, capacity = defaults.port, defaults.capacity
+    try:
+        port = _int_annotation(annotations, PORT_ANNOTATION, defaults.port, 1, 65535)
+        # Capacity 0 drains a pod: it keeps its sessions but gets no new ones.
+        capacity = _int_annotation(
+            annotations, CAPACITY_ANNOTATION, defaults.capacity, 0, 100_000
+        )
+    except ValueError as error:
+        problem = f"bad annotation: {error}"
+    if protocol not in protocols:
+        known = ", ".join(protocols)
+        problem = f"unknown protocol {protocol!r} in {PROTOCOL_ANNOTATION} (known: {known})"
+    name = metadata.get("name", "")
+    namespace = metadata.get("namespace", "")
+    url = None
+    if ip and problem is None:
+        url = defaults.url_template.format(
+            ip=ip, port=port, pod=name, namespace=namespace,
+            subdomain=(body.get("spec") or {}).get("subdomain") or "",
+        )
+    return PodView(
+        name=name,
+        namespace=namespace,
+        ip=ip,
+        ready=ready,
+        terminating=metadata.get("deletionTimestamp") is not None,
+        labels=dict(metadata.get("labels") or {}),
+        protocol=protocol,
+        port=port,
+        capacity=capacity,
+        url=url,
+        problem=problem,
+    )
+
+
+class PodHealth(StrEnum):
+    """What the controller knows of a pod from its probes."""
+
+    UNPROBED = "unprobed"  # no answer yet: its sessions are unknown
+    OK = "ok"  # last probe answered: its inventory is current
+    SUSPECT = "suspect"  # recent probes failed, below the threshold: trust the last inventory
+    AUTH_FAILED = "auth_failed"  # 401: a configuration error; its sessions are unknown
+    DOWN = "down"  # failed past the threshold, or unusable: it holds nothing
+
+
+@dataclass(frozen=True)
+class PodSnapshot:
+    """One pod at one moment: its description, its health, and its sessions."""
+
+    view: PodView
+    health: PodHealth
+    sessions: Mapping[str, ObservedSession] = field(default_factory=dict)
+    pending: frozenset[str] = frozenset()  # placed here, not yet observed
+    observed_at: datetime | None = None  # when the inventory in `sessions` was asked for
+    capacity: int = -1  # the pod's, within the service's own limit; -1: the pod's
+
+    def __post_init__(self) -> None:
+        if self.capacity < 0:
+            object.__setattr__(self, "capacity", self.view.capacity)
+
+    @property
+    def name(self) -> str:
+        return self.view.name
+
+    @property
+    def trusted(self) -> bool:
+        """Whether `sessions` says what the pod holds."""
+        return self.health in (PodHealth.OK, PodHealth.SUSPECT)
+
+    @property
+    def load(self) -> int:
+        running = {n for n, s in self.sessions.items() if s.state is not SessionState.STOPPED}
+        return len(running | self.pending)
+
+    @property
+    def eligible(self) -> bool:
+        """Eligible for new sessions: Ready, not terminating, answering, with room."""
+        return (
+            self.view.ready
+            and not self.view.terminating
+            and self.view.url is not None
+            and self.health is PodHealth.OK
+            and self.load < self.capacity
+        )
+
+    def why_not_eligible(self) -> str:
+        view = self.view
+        if view.problem:
+            return view.problem
+        if view.terminating:
+            return "terminating"
+        if not view.ready:
+            return "not Ready"
+        if view.url is None:
+            return "no pod IP"
+        if self.health is not PodHealth.OK:
+            return f"probe {self.health.value}"
+        if self.load >= self.capacity:
+            return f"full ({self.load}/{self.capacity})"
+        return "eligible"
+
+
+def matches(labels: Mapping[str, str], selector: Mapping[str, str] | None) -> bool:
+    return all(labels.get(k) == v for k, v in (selector or {}).items())
+
+
+def least_loaded(candidates: Sequence[PodSnapshot]) -> PodSnapshot:
+    """Lowest load/capacity; ties break on absolute load, then on name (deterministic)."""
+    return min(candidates, key=lambda p: (p.load / p.capacity, p.load, p.name))

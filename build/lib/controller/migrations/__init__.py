@@ -1,0 +1,1 @@
+"""Alembic migrations of the mirror table; applied by `wa-controller db upgrade`."""

@@ -1,0 +1,371 @@
+"""The observer: one probe loop per instance pod, and the fleet view they keep.
+
+Each pod gets one inventory request per interval, and one at once when its pod
+event or a placement says something changed. Loops run concurrently with
+timeouts, so a slow or dead pod never delays the others. Accounts register the
+session they care about and are woken when it changes, or when the set of
+eligible pods does. Probing runs only while accounts are registered: on a
+paused (standby) replica kopf stops the account daemons, so it probes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from controller import metrics
+from controller.fleet import InstanceDefaults, PodHealth, PodSnapshot, PodView, pod_view
+from controller.instances import (
+    PROTOCOLS,
+    CallTimeouts,
+    InstanceAdapter,
+    InstanceAuthError,
+    InstanceError,
+    InstanceHttp,
+    InstanceInfo,
+    InstanceUnavailable,
+    Inventory,
+    build_adapter,
+)
+from controller.secrets import SecretValue
+
+logger = logging.getLogger("wa_controller.observer")
+
+PodKey = tuple[str, str]  # (namespace, name)
+
+
+@dataclass
+class _PodState:
+    view: PodView
+    body: Mapping[str, Any]
+    health: PodHealth = PodHealth.UNPROBED
+    inventory: Inventory = field(default_factory=dict)
+    failures: int = 0
+    pending: dict[str, float] = field(default_factory=dict)  # session -> expiry (monotonic)
+    poke: asyncio.Event = field(default_factory=asyncio.Event)
+    probed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    last_error: str | None = None
+    info: InstanceInfo | None = None  # what the instance said of itself, once per run
+    warned: str | None = None  # the last inventory problem told in a Warning event
+    observed_at: datetime | None = None
+    started: int = 0  # probes begun, and probes finished: `reprobe` waits on these
+    finished: int = 0
+    finished_changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+
+class Observer:
+    def __init__(
+        self,
+        *,
+        http: InstanceHttp,
+        api_key: SecretValue,
+        defaults: InstanceDefaults,
+        interval: float,
+        failure_threshold: int,
+        pending_ttl: float,
+        timeouts: CallTimeouts | None = None,
+    ) -> None:
+        self._http = http
+        self._api_key = api_key
+        self._defaults = defaults
+        self._interval = interval
+        self._failure_threshold = failure_threshold
+        self._pending_ttl = pending_ttl
+        self._timeouts = timeouts or CallTimeouts()
+        self._pods: dict[PodKey, _PodState] = {}
+        self._watchers: dict[tuple[str, str], set[asyncio.Event]] = defaultdict(set)
+        self._demand = asyncio.Event()
+
+    # --- pods, from kopf's pod events ------------------------------------------
+
+    def pod_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        view = pod_view(body, self._defaults, tuple(PROTOCOLS))
+        state = self._pods.get(view.key)
+        if event_type == "DELETED":
+            for gauge in (metrics.INSTANCE_SESSIONS, metrics.INSTANCE_CAPACITY):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(view.namespace, view.name)
+            if state is not None:
+                if state.task:
+                    state.task.cancel()
+                del self._pods[view.key]
+                self._wake_namespace(view.namespace)
+            return
+        if state is None:
+            state = self._pods[view.key] = _PodState(view=view, body=body)
+            state.task = asyncio.get_running_loop().create_task(
+                self._probe_loop(view.key), name=f"probe {view.namespace}/{view.name}"
+            )
+            self._wake_namespace(view.namespace)
+            return
+        before = state.view
+        state.view, state.body = view, body
+        if before != view:
+            state.poke.set()
+            self._wake_namespace(view.namespace)
+
+    async def close(self) -> None:
+        tasks = [s.task for s in self._pods.values() if s.task]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- what decisions read ---------------------------------------------------
+
+    def snapshot(self, namespace: str) -> list[PodSnapshot]:
+        now = time.monotonic()
+        pods = []
+        for (ns, _), state in self._pods.items():
+            if ns != namespace:
+                continue
+            state.pending = {s: t for s, t in state.pending.items() if t > now}
+            pods.append(PodSnapshot(
+                view=state.view,
+                health=PodHealth.DOWN if state.view.problem else state.health,
+                sessions=dict(state.inventory),
+                pending=frozenset(state.pending),
+                observed_at=state.observed_at,
+                capacity=_capacity(state),
+            ))
+        return pods
+
+    def reserve(self, namespace: str, pod: str, session: str) -> None:
+        """Count a placement on the pod until it is observed there (or the grace ends)."""
+        state = self._pods.get((namespace, pod))
+        if state is not None:
+            state.pending[session] = time.monotonic() + self._pending_ttl
+            state.poke.set()
+
+    def release(self, namespace: str, pod: str, session: str) -> None:
+        state = self._pods.get((namespace, pod))
+        if state is not None:
+            state.pending.pop(session, None)
+
+    def forget(self, namespace: str, pod: str, session: str) -> None:
+        """The pod stopped the session at our request: count it gone until the next probe
+        says otherwise, so no other decision stops it there again meanwhile."""
+        state = self._pods.get((namespace, pod))
+        if state is not None and session in state.inventory:
+            state.inventory = {n: s for n, s in state.inventory.items() if n != session}
+            state.poke.set()
+
+    def refresh(self, namespace: str, pod: str) -> None:
+        """Probe one pod now (after an instance call or a webhook)."""
+        state = self._pods.get((namespace, pod))
+        if state is not None:
+            state.poke.set()
+
+    async def reprobe(self, namespace: str, within: float) -> None:
+        """Probe every pod of the namespace anew and wait for the answers (or `within` s).
+
+        Only probes that begin after the call count. Calls that overlap share probes:
+        a burst of requests costs each pod one or two probes, not one per request.
+        """
+        targets = [(state, state.started + 1) for (ns, _), state in self._pods.items()
+                   if ns == namespace]
+
+        async def answered(state: _PodState, target: int) -> None:
+            async with state.finished_changed:
+                await state.finished_changed.wait_for(lambda: state.finished >= target)
+
+        for state, _ in targets:
+            state.poke.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await asyncio.gather(*(answered(state, target) for state, target in targets))
+
+    def views(self) -> list[PodView]:
+        """Every instance pod known, as the API server describes it."""
+        return [state.view for state in self._pods.values()]
+
+    def adapter(self, namespace: str, pod: str, api_key: str) -> InstanceAdapter | None:
+        state = self._pods.get((namespace, pod))
+        return None if state is None else self._adapter(state, api_key)
+
+    def _adapter(self, state: _PodState, api_key: str) -> InstanceAdapter | None:
+        view = state.view
+        if view.url is None or view.problem:
+            return None
+        return build_adapter(view.protocol, self._http, view.url, api_key, info=state.info,
+                             timeouts=self._timeouts)
+
+    async def api_key(self) -> str:
+        return await self._api_key.get() or ""
+
+    async def wait_probed(self, namespace: str, within: float) -> None:
+        """Wait until every pod of the namespace answered (or failed) once."""
+        waits = [s.probed.wait() for (ns, _), s in self._pods.items() if ns == namespace]
+        if waits:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(within):
+                    await asyncio.gather(*waits)
+
+    # --- accounts register the session they care about -------------------------
+
+    def watch(self, namespace: str, session: str, wake: asyncio.Event) -> None:
+        self._watchers[(namespace, session)].add(wake)
+        if not self._demand.is_set():
+            self._demand.set()
+            for state in self._pods.values():
+                state.poke.set()  # resuming: look at everything at once
+
+    def unwatch(self, namespace: str, session: str, wake: asyncio.Event) -> None:
+        watchers = self._watchers.get((namespace, session))
+        if watchers is not None:
+            watchers.discard(wake)
+            if not watchers:
+                del self._watchers[(namespace, session)]
+        if not self._watchers:
+            self._demand.clear()
+
+    def _wake(self, namespace: str, sessions: set[str]) -> None:
+        for session in sessions:
+            for wake in self._watchers.get((namespace, session), ()):
+                wake.set()
+
+    def _wake_namespace(self, namespace: str) -> None:
+        for (ns, _), watchers in self._watchers.items():
+            if ns == namespace:
+                for wake in watchers:
+                    wake.set()
+
+    # --- probing ---------------------------------------------------------------
+
+    async def _probe_loop(self, key: PodKey) -> None:
+        while True:
+            await self._demand.wait()
+            state = self._pods.get(key)
+            if state is None:
+                return
+            state.poke.clear()
+            state.started += 1
+            try:
+                await self._probe(state)
+            finally:
+                state.finished += 1
+                async with state.finished_changed:
+                    state.finished_changed.notify_all()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await state.poke.wait()
+
+    async def _probe(self, state: _PodState) -> None:
+        view = state.view
+        before_health, before_inventory = state.health, state.inventory
+        adapter = self._adapter(state, await self.api_key())
+        asked_at = datetime.now(UTC)
+        if adapter is None:
+            state.health, state.inventory = PodHealth.DOWN, {}
+        else:
+            try:
+                if state.info is None:
+                    adapter = await self._describe(state, adapter)
+                with metrics.PROBE_SECONDS.labels(view.namespace, view.name).time():
+                    report = await adapter.inventory()
+            except InstanceAuthError as error:
+                metrics.PROBE_FAILURES.labels(view.namespace, view.name, "auth").inc()
+                await self._auth_failed(state, error)
+            except InstanceUnavailable as error:
+                metrics.PROBE_FAILURES.labels(view.namespace, view.name, error.kind).inc()
+                state.failures += 1
+                state.last_error = f"{error.kind}: {error}"
+                if error.kind in ("refused", "timeout", "transport"):
+                    state.info = None  # maybe a new process: ask what it is once it answers
+                else:
+                    self._warn(state, "InstanceUnreadable",
+                               f"the instance's inventory cannot be read ({error})")
+                down = state.failures >= self._failure_threshold
+                if down:
+                    state.health, state.inventory = PodHealth.DOWN, {}
+                elif state.health is PodHealth.OK:
+                    state.health = PodHealth.SUSPECT
+                if down and before_health is not PodHealth.DOWN:
+                    logger.warning("instance pod %s/%s is down after %d failed probes: %s",
+                                   view.namespace, view.name, state.failures, state.last_error)
+            else:
+                if before_health is PodHealth.AUTH_FAILED:
+                    logger.info("instance pod %s/%s accepts the API key again",
+                                view.namespace, view.name)
+                inventory = report.sessions
+                state.health, state.inventory, state.failures = PodHealth.OK, inventory, 0
+                state.observed_at = asked_at
+                state.last_error = None
+                if report.skipped:
+                    self._warn(state, "InventoryEntrySkipped",
+                               f"{len(report.skipped)} inventory entries could not be read and "
+                               f"were skipped (the others count): {'; '.join(report.skipped)}")
+                else:
+                    state.warned = None
+                for session in inventory:
+                    state.pending.pop(session, None)
+        state.probed.set()
+        metrics.INSTANCE_SESSIONS.labels(view.namespace, view.name).set(len(state.inventory))
+        metrics.INSTANCE_CAPACITY.labels(view.namespace, view.name).set(_capacity(state))
+        if state.health is not before_health:
+            logger.info("instance pod %s/%s is %s (was %s)", view.namespace, view.name,
+                        state.health.value, before_health.value)
+            self._wake_namespace(view.namespace)
+        else:
+            self._wake(view.namespace, _changed(before_inventory, state.inventory))
+
+    async def _describe(self, state: _PodState, adapter: InstanceAdapter) -> InstanceAdapter:
+        """Ask the instance what it is (tier, limits, key checking) once per run."""
+        view = state.view
+        try:
+            info = await adapter.describe()
+        except InstanceAuthError:
+            raise
+        except InstanceError as error:
+            logger.info("instance pod %s/%s did not describe itself: %s",
+                        view.namespace, view.name, error)
+            return adapter
+        state.info = info
+        logger.info("instance pod %s/%s is %s %s %s", view.namespace, view.name, view.protocol,
+                    info.version or "(version unknown)", info.tier or "")
+        if info.checks_key is False:
+            kopf.event(dict(state.body), type="Warning", reason="InstanceAcceptsAnyKey",
+                       message=f"the instance ({view.protocol} {info.version or ''} "
+                               f"{info.tier or ''}) accepts any API key: anyone who reaches "
+                               "its port controls its sessions; restrict it with a "
+                               "NetworkPolicy or upgrade it")
+        return self._adapter(state, await self.api_key()) or adapter
+
+    def _warn(self, state: _PodState, reason: str, message: str) -> None:
+        """One Warning event on the pod per change of what is wrong, never a storm."""
+        if state.warned == message:
+            return
+        state.warned = message
+        logger.warning("instance pod %s/%s: %s", state.view.namespace, state.view.name, message)
+        kopf.event(dict(state.body), type="Warning", reason=reason, message=message[:1000])
+
+    async def _auth_failed(self, state: _PodState, error: InstanceAuthError) -> None:
+        view = state.view
+        if state.health is not PodHealth.AUTH_FAILED:
+            # One log line and one event per pod and transition: never a storm.
+            logger.error("instance pod %s/%s refused the API key (HTTP 401); "
+                         "check the Secret named by WA_API_KEY_SECRET", view.namespace, view.name)
+            kopf.event(dict(state.body), type="Warning", reason="InstanceAuthFailed",
+                       message="the instance refused the controller's API key (HTTP 401)")
+        state.health, state.inventory = PodHealth.AUTH_FAILED, {}
+        state.last_error = f"auth: {error}"
+        await self._api_key.refresh()  # the key may have been fixed: next probe uses it
+
+
+def _capacity(state: _PodState) -> int:
+    """The pod's capacity, within any limit the service itself has (WAHA Core: 1)."""
+    limit = state.info.max_sessions if state.info else None
+    return state.view.capacity if limit is None else min(state.view.capacity, limit)
+
+
+def _changed(before: Inventory, after: Inventory) -> set[str]:
+    return {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}

@@ -1,0 +1,88 @@
+"""The operator's long-lived parts, built once at startup and closed at cleanup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controller.http_server import HttpServer, metrics_app
+from controller.instances import InstanceHttp
+from controller.kube import Kube
+from controller.metrics import PhaseCensus
+from controller.mirror import Mirror, MirrorStore, engine_for
+from controller.observer import Observer
+from controller.reconciler import Reconciler
+from controller.secrets import SecretValue
+from controller.settings import Settings
+from controller.webhooks import WebhookLimits, WebhookReceiver
+
+
+@dataclass
+class Services:
+    settings: Settings
+    kube: Kube
+    http: InstanceHttp
+    observer: Observer
+    reconciler: Reconciler
+    mirror: Mirror
+    servers: list[HttpServer]
+    census: PhaseCensus
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Services:
+        kube = await Kube.connect()
+        http = InstanceHttp(timeout=settings.probe_timeout)
+
+        def secret(name: str, key: str) -> SecretValue:
+            async def read() -> str | None:
+                return await kube.secret_value(settings.operator_namespace, name, key)
+            return SecretValue(read, f"Secret {settings.operator_namespace}/{name} key {key}")
+
+        observer = Observer(
+            http=http,
+            api_key=secret(settings.api_key_secret, settings.api_key_secret_key),
+            defaults=settings.instance_defaults,
+            interval=settings.probe_interval,
+            failure_threshold=settings.probe_failure_threshold,
+            pending_ttl=settings.start_grace,
+            timeouts=settings.call_timeouts,
+        )
+        reconciler = Reconciler(
+            observer=observer, kube=kube, policy=settings.policy,
+            resync_interval=settings.resync_interval,
+            warmup_timeout=settings.probe_timeout * 2,
+            rediscover_window=settings.rediscover_window,
+        )
+        mirror = Mirror(
+            MirrorStore(engine_for(settings.database_url.get_secret_value()),
+                        settings.mirror_table, settings.notify_channel or None),
+            list_accounts=lambda: kube.list_accounts(settings.namespaces),
+            patch_status=kube.patch_status,
+            migrate=settings.database_migrate,
+            retry_max=settings.mirror_retry_max,
+        )
+        mirror.start()
+        servers = []
+        if settings.metrics_port is not None:
+            servers.append(HttpServer(metrics_app(), settings.metrics_port))
+        if settings.webhook_port is not None:
+            receiver = WebhookReceiver(
+                observer=observer, reconciler=reconciler,
+                hmac_secret=secret(settings.webhook_secret, settings.webhook_hmac_key),
+                rediscover_token=secret(settings.webhook_secret, settings.rediscover_token_key),
+                limits=WebhookLimits(
+                    max_body=settings.webhook_max_body, max_age=settings.webhook_max_age,
+                    rate=settings.webhook_rate, burst=settings.webhook_burst),
+            )
+            servers.append(HttpServer(receiver.app(), settings.webhook_port))
+        for server in servers:
+            await server.start()
+        return cls(settings, kube, http, observer, reconciler, mirror, servers, PhaseCensus())
+
+    async def close(self) -> None:
+        for server in self.servers:
+            await server.close()
+        await self.reconciler.close()
+        await self.mirror.close()
+        await self.observer.close()
+        await self.http.aclose()
+        await self.kube.close()
