@@ -1,1 +1,0 @@
-"""Alembic migrations of the mirror table; applied by `wa-controller db upgrade`."""
