@@ -6,6 +6,7 @@ a test fails when the committed file drifts from what the models generate.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -21,6 +22,26 @@ PLURAL = "waaccounts"
 SINGULAR = "waaccount"
 SHORT_NAMES = ("waa",)
 CATEGORIES = ("whatsapp",)
+
+# Every annotation, label, metadata key and finalizer of ours starts with this prefix.
+PREFIX = f"{GROUP}/"
+PROTOCOL_ANNOTATION = PREFIX + "protocol"  # on instance pods: blazz, waha, ...
+PORT_ANNOTATION = PREFIX + "port"
+CAPACITY_ANNOTATION = PREFIX + "capacity"
+REDISCOVER_ANNOTATION = PREFIX + "rediscover"  # on accounts: a new value re-probes
+SESSION_METADATA = PREFIX + "session"  # in an instance's session config: whose it is
+# Earlier versions put this finalizer on every account (one kopf daemon each); the
+# operator removes it so deletions never wait for it.
+LEGACY_FINALIZER = PREFIX + "finalizer"
+
+
+class ConditionType(StrEnum):
+    """The conditions of a WAAccount's status."""
+
+    ASSIGNED = "Assigned"  # the session is placed on (or found on) an instance pod
+    READY = "Ready"  # the session works
+    MIRRORED = "Mirrored"  # the SQL mirror's row is written
+
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 # E.164: up to 15 digits, no leading zero, optional "+". Seven digits at least,
@@ -184,6 +205,28 @@ class Condition(_Model):
             json_schema_extra={"format": "int64"},
         ),
     ] = None
+
+
+def set_condition(
+    conditions: Sequence[Condition],
+    type_: str,
+    status: Literal["True", "False", "Unknown"],
+    reason: str,
+    message: str,
+    *,
+    now: datetime,
+    generation: int,
+) -> list[Condition]:
+    """Replace one condition; `lastTransitionTime` moves only when its status flips."""
+    previous = next((c for c in conditions if c.type == type_), None)
+    changed_at = previous.last_transition_time if previous and previous.status == status else now
+    updated = Condition(
+        type=type_, status=status, reason=reason, message=message,
+        last_transition_time=changed_at, observed_generation=generation,
+    )
+    others = [c for c in conditions if c.type != type_]
+    return sorted([*others, updated], key=lambda c: c.type)
+
 
 
 class WAAccountStatus(_Model):

@@ -54,6 +54,8 @@ def _run(args: argparse.Namespace) -> int:
     except ValidationError as error:
         print(f"wa-controller: bad configuration:\n{error}", file=sys.stderr)
         return 2
+    if settings.priority is None:  # one per process: equal priorities freeze every replica
+        settings = settings.model_copy(update={"priority": secrets.randbelow(1_000_000) + 1})
     kopf.configure(
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
@@ -64,8 +66,7 @@ def _run(args: argparse.Namespace) -> int:
         namespaces=settings.namespaces,
         standalone=settings.peering is None,
         peering_name=settings.peering,
-        priority=settings.priority if settings.priority is not None
-        else secrets.randbelow(1_000_000) + 1,
+        priority=settings.priority,
         identity=operator_identity(),
         liveness_endpoint=(
             f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None

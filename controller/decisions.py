@@ -14,18 +14,19 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from controller.api import (
-    Condition,
+    ConditionType,
     DesiredState,
     InstanceRef,
     Phase,
     WAAccountSpec,
     WAAccountStatus,
+    set_condition,
 )
 from controller.fleet import PodHealth, PodSnapshot, least_loaded, matches
 from controller.instances import ObservedSession, SessionState
 
-ASSIGNED = "Assigned"
-READY = "Ready"
+ASSIGNED = ConditionType.ASSIGNED
+READY = ConditionType.READY
 
 
 @dataclass(frozen=True)
@@ -122,27 +123,6 @@ _LIVENESS = {
     SessionState.FAILED: 4,
     SessionState.STOPPED: 5,
 }
-
-
-def set_condition(
-    conditions: Sequence[Condition],
-    type_: str,
-    status: Literal["True", "False", "Unknown"],
-    reason: str,
-    message: str,
-    *,
-    now: datetime,
-    generation: int,
-) -> list[Condition]:
-    """Replace one condition; `lastTransitionTime` moves only when its status flips."""
-    previous = next((c for c in conditions if c.type == type_), None)
-    changed_at = previous.last_transition_time if previous and previous.status == status else now
-    updated = Condition(
-        type=type_, status=status, reason=reason, message=message,
-        last_transition_time=changed_at, observed_generation=generation,
-    )
-    others = [c for c in conditions if c.type != type_]
-    return sorted([*others, updated], key=lambda c: c.type)
 
 
 @dataclass
@@ -333,8 +313,11 @@ def _nowhere(draft: _Draft, fleet: Sequence[PodSnapshot], policy: Policy) -> Non
             f"{recorded.name} refused the API key; its sessions cannot be checked",
         )
         return
-    if recorded is not None and recorded.health is PodHealth.UNPROBED:
-        return  # not probed yet: no opinion
+    if any(p.health is PodHealth.UNPROBED and p.view.ready and not p.view.terminating
+           for p in fleet):
+        # A running pod not asked yet may hold the session: "nowhere" is not known yet.
+        draft.recheck_after = policy.confirm_after
+        return
     failure = account.call_failure
     if failure is not None and (left := _grace_left(failure.at, policy, draft.now)) is not None:
         # The last start was refused: say why, and try again (elsewhere if possible) later.

@@ -7,17 +7,14 @@ functions of their inputs, so the decision code can be tested without a cluster.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from controller.api import CAPACITY_ANNOTATION, PORT_ANNOTATION, PROTOCOL_ANNOTATION
 from controller.instances import ObservedSession, SessionState
-
-ANNOTATION_PREFIX = "wa-controller.io/"
-PROTOCOL_ANNOTATION = ANNOTATION_PREFIX + "protocol"
-PORT_ANNOTATION = ANNOTATION_PREFIX + "port"
-CAPACITY_ANNOTATION = ANNOTATION_PREFIX + "capacity"
 
 
 @dataclass(frozen=True)
@@ -131,13 +128,20 @@ class PodSnapshot:
     view: PodView
     health: PodHealth
     sessions: Mapping[str, ObservedSession] = field(default_factory=dict)
-    pending: frozenset[str] = frozenset()  # placed here, not yet observed
+    pending: AbstractSet[str] = frozenset()  # placed here, not yet observed
     observed_at: datetime | None = None  # when the inventory in `sessions` was asked for
     capacity: int = -1  # the pod's, within the service's own limit; -1: the pod's
+    # Sessions running (not stopped) plus placements not yet observed; -1: count them.
+    # The observer keeps it per probe, so a decision never counts a whole inventory.
+    load: int = -1
 
     def __post_init__(self) -> None:
         if self.capacity < 0:
             object.__setattr__(self, "capacity", self.view.capacity)
+        if self.load < 0:
+            running = {n for n, s in self.sessions.items()
+                       if s.state is not SessionState.STOPPED}
+            object.__setattr__(self, "load", len(running | set(self.pending)))
 
     @property
     def name(self) -> str:
@@ -147,11 +151,6 @@ class PodSnapshot:
     def trusted(self) -> bool:
         """Whether `sessions` says what the pod holds."""
         return self.health in (PodHealth.OK, PodHealth.SUSPECT)
-
-    @property
-    def load(self) -> int:
-        running = {n for n, s in self.sessions.items() if s.state is not SessionState.STOPPED}
-        return len(running | self.pending)
 
     @property
     def eligible(self) -> bool:

@@ -15,8 +15,6 @@ from controller import api
 from controller.services import Services
 from controller.settings import Settings
 
-PREFIX = "wa-controller.io"
-
 
 def build_registry(config: Settings) -> kopf.OperatorRegistry:
     """The handlers for one configuration (kopf reads selectors at registration)."""
@@ -26,11 +24,14 @@ def build_registry(config: Settings) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        settings.persistence.finalizer = f"{PREFIX}/finalizer"
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+        settings.persistence.finalizer = api.LEGACY_FINALIZER  # kopf adds none: no daemons
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix=api.GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=PREFIX, key="last-handled-configuration"
+            prefix=api.GROUP, key="last-handled-configuration"
         )
+        # kopf keeps a task per object only while its events are processed: let them go.
+        settings.queueing.idle_timeout = 1.0
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
@@ -56,18 +57,12 @@ def build_registry(config: Settings) -> kopf.OperatorRegistry:
     async def instance_pod_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         memo.services.observer.pod_event(event.get("type"), event["object"])
 
+    # Accounts are records fed by their watch events and served by the work queue: no
+    # daemon and so no finalizer per account.
     @kopf.on.event(*waaccounts, registry=registry)
-    async def account_changed(event: kopf.RawEvent, uid: str, namespace: str, name: str,
-                              annotations: kopf.Annotations, memo: kopf.Memo, **_: Any) -> None:
-        reconciler = memo.services.reconciler
-        reconciler.poke(uid)
-        reconciler.rediscover_marked(namespace, name, uid, annotations,
-                                     deleted=event.get("type") == "DELETED")
+    async def account_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        memo.services.reconciler.account_event(event.get("type"), event["object"])
         memo.services.mirror.observe(event.get("type"), event["object"])
         memo.services.census.observe(event.get("type"), event["object"])
-
-    @kopf.daemon(*waaccounts, registry=registry, cancellation_timeout=10)
-    async def account_loop(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        await memo.services.reconciler.run_account(body)
 
     return registry

@@ -52,6 +52,40 @@ class Kube:
             raise
         return True
 
+    async def remove_finalizer(self, namespace: str, name: str, finalizer: str) -> None:
+        """Take `finalizer` off a WAAccount, guarded by resourceVersion (retried on races)."""
+        args = (api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+        for _ in range(5):
+            try:
+                body = await self._custom.get_namespaced_custom_object(*args)
+                metadata = body.get("metadata") or {}
+                finalizers = metadata.get("finalizers") or []
+                if finalizer not in finalizers:
+                    return
+                await self._custom.patch_namespaced_custom_object(*args, {"metadata": {
+                    "resourceVersion": metadata["resourceVersion"],
+                    "finalizers": [f for f in finalizers if f != finalizer]}},
+                    _content_type="application/merge-patch+json")
+                return
+            except ApiException as error:
+                if error.status == 404:
+                    return
+                if error.status != 409:
+                    raise
+
+    async def peering(self, name: str, namespace: str | None) -> dict[str, Any] | None:
+        """kopf's peering object (namespaced, or cluster-wide when `namespace` is None)."""
+        try:
+            if namespace is None:
+                return await self._custom.get_cluster_custom_object(
+                    "kopf.dev", "v1", "clusterkopfpeerings", name)
+            return await self._custom.get_namespaced_custom_object(
+                "kopf.dev", "v1", namespace, "kopfpeerings", name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
     async def list_accounts(self, namespaces: list[str]) -> list[dict[str, Any]]:
         """Every WAAccount in the namespaces (all namespaces when empty), as plain dicts."""
         args = (api.GROUP, api.VERSION)

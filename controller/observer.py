@@ -2,10 +2,10 @@
 
 Each pod gets one inventory request per interval, and one at once when its pod
 event or a placement says something changed. Loops run concurrently with
-timeouts, so a slow or dead pod never delays the others. Accounts register the
-session they care about and are woken when it changes, or when the set of
-eligible pods does. Probing runs only while accounts are registered: on a
-paused (standby) replica kopf stops the account daemons, so it probes nothing.
+timeouts, so a slow or dead pod never delays the others. What changed is told to
+`notify` (the sessions that changed on a pod, and the pod when the pod itself
+changed), so only the accounts concerned are decided again. Probing runs only
+while this replica acts (`active`): a standby probes nothing.
 """
 
 from __future__ import annotations
@@ -13,16 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import kopf
 
 from controller import metrics
+from controller.clock import Clock, SystemClock
 from controller.fleet import InstanceDefaults, PodHealth, PodSnapshot, PodView, pod_view
 from controller.instances import (
     PROTOCOLS,
@@ -34,6 +33,7 @@ from controller.instances import (
     InstanceInfo,
     InstanceUnavailable,
     Inventory,
+    SessionState,
     build_adapter,
 )
 from controller.secrets import SecretValue
@@ -41,6 +41,8 @@ from controller.secrets import SecretValue
 logger = logging.getLogger("wa_controller.observer")
 
 PodKey = tuple[str, str]  # (namespace, name)
+# What changed: (namespace, sessions that changed on a pod, the pod if the pod itself did).
+Notify = Callable[[str, set[str], str | None], None]
 
 
 @dataclass
@@ -61,6 +63,13 @@ class _PodState:
     started: int = 0  # probes begun, and probes finished: `reprobe` waits on these
     finished: int = 0
     finished_changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    running: int = 0  # sessions in the inventory that are not stopped (kept per probe)
+    first_probe_at: float | None = None  # when this pod's first probe began
+    pruned_at: float = 0.0  # when expired reservations were last dropped
+
+    def set_inventory(self, inventory: Inventory) -> None:
+        self.inventory = inventory
+        self.running = sum(s.state is not SessionState.STOPPED for s in inventory.values())
 
 
 class Observer:
@@ -73,7 +82,9 @@ class Observer:
         interval: float,
         failure_threshold: int,
         pending_ttl: float,
+        active: asyncio.Event,
         timeouts: CallTimeouts | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._http = http
         self._api_key = api_key
@@ -82,9 +93,14 @@ class Observer:
         self._failure_threshold = failure_threshold
         self._pending_ttl = pending_ttl
         self._timeouts = timeouts or CallTimeouts()
+        self._notify: Notify = lambda namespace, sessions, pod: None
+        self._active = active
+        self._clock = clock or SystemClock()
         self._pods: dict[PodKey, _PodState] = {}
-        self._watchers: dict[tuple[str, str], set[asyncio.Event]] = defaultdict(set)
-        self._demand = asyncio.Event()
+
+    def subscribe(self, notify: Notify) -> None:
+        """Who is told what changed (the reconciler enqueues the accounts concerned)."""
+        self._notify = notify
 
     # --- pods, from kopf's pod events ------------------------------------------
 
@@ -99,20 +115,21 @@ class Observer:
                 if state.task:
                     state.task.cancel()
                 del self._pods[view.key]
-                self._wake_namespace(view.namespace)
+                self._notify(view.namespace, set(state.inventory) | set(state.pending),
+                             view.name)
             return
         if state is None:
             state = self._pods[view.key] = _PodState(view=view, body=body)
             state.task = asyncio.get_running_loop().create_task(
                 self._probe_loop(view.key), name=f"probe {view.namespace}/{view.name}"
             )
-            self._wake_namespace(view.namespace)
+            self._notify(view.namespace, set(), view.name)
             return
         before = state.view
         state.view, state.body = view, body
         if before != view:
             state.poke.set()
-            self._wake_namespace(view.namespace)
+            self._notify(view.namespace, set(state.inventory), view.name)
 
     async def close(self) -> None:
         tasks = [s.task for s in self._pods.values() if s.task]
@@ -123,27 +140,41 @@ class Observer:
     # --- what decisions read ---------------------------------------------------
 
     def snapshot(self, namespace: str) -> list[PodSnapshot]:
-        now = time.monotonic()
+        """The namespace's pods as decisions read them: O(pods), never O(sessions). The
+        inventories are shared, not copied (a probe replaces one whole, never edits it)."""
+        now = self._clock.monotonic()
         pods = []
         for (ns, _), state in self._pods.items():
             if ns != namespace:
                 continue
-            state.pending = {s: t for s, t in state.pending.items() if t > now}
+            if state.pending and now - state.pruned_at >= 1.0:
+                state.pending = {s: t for s, t in state.pending.items() if t > now}
+                state.pruned_at = now
             pods.append(PodSnapshot(
                 view=state.view,
                 health=PodHealth.DOWN if state.view.problem else state.health,
-                sessions=dict(state.inventory),
-                pending=frozenset(state.pending),
+                sessions=state.inventory,
+                pending=state.pending.keys(),
                 observed_at=state.observed_at,
                 capacity=_capacity(state),
+                load=state.running + len(state.pending),
             ))
         return pods
+
+    def ready(self, namespace: str, warmup: float) -> bool:
+        """Whether decisions may run in the namespace: every pod answered (or failed) once,
+        or has been asked for longer than the warm-up (a silent pod holds nothing up)."""
+        now = self._clock.monotonic()
+        return all(
+            s.probed.is_set() or (s.first_probe_at is not None and now - s.first_probe_at
+                                  >= warmup)
+            for (ns, _), s in self._pods.items() if ns == namespace)
 
     def reserve(self, namespace: str, pod: str, session: str) -> None:
         """Count a placement on the pod until it is observed there (or the grace ends)."""
         state = self._pods.get((namespace, pod))
-        if state is not None:
-            state.pending[session] = time.monotonic() + self._pending_ttl
+        if state is not None and session not in state.inventory:  # else counted already
+            state.pending[session] = self._clock.monotonic() + self._pending_ttl
             state.poke.set()
 
     def release(self, namespace: str, pod: str, session: str) -> None:
@@ -156,7 +187,7 @@ class Observer:
         says otherwise, so no other decision stops it there again meanwhile."""
         state = self._pods.get((namespace, pod))
         if state is not None and session in state.inventory:
-            state.inventory = {n: s for n, s in state.inventory.items() if n != session}
+            state.set_inventory({n: s for n, s in state.inventory.items() if n != session})
             state.poke.set()
 
     def refresh(self, namespace: str, pod: str) -> None:
@@ -202,53 +233,23 @@ class Observer:
     async def api_key(self) -> str:
         return await self._api_key.get() or ""
 
-    async def wait_probed(self, namespace: str, within: float) -> None:
-        """Wait until every pod of the namespace answered (or failed) once."""
-        waits = [s.probed.wait() for (ns, _), s in self._pods.items() if ns == namespace]
-        if waits:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(within):
-                    await asyncio.gather(*waits)
-
-    # --- accounts register the session they care about -------------------------
-
-    def watch(self, namespace: str, session: str, wake: asyncio.Event) -> None:
-        self._watchers[(namespace, session)].add(wake)
-        if not self._demand.is_set():
-            self._demand.set()
-            for state in self._pods.values():
-                state.poke.set()  # resuming: look at everything at once
-
-    def unwatch(self, namespace: str, session: str, wake: asyncio.Event) -> None:
-        watchers = self._watchers.get((namespace, session))
-        if watchers is not None:
-            watchers.discard(wake)
-            if not watchers:
-                del self._watchers[(namespace, session)]
-        if not self._watchers:
-            self._demand.clear()
-
-    def _wake(self, namespace: str, sessions: set[str]) -> None:
-        for session in sessions:
-            for wake in self._watchers.get((namespace, session), ()):
-                wake.set()
-
-    def _wake_namespace(self, namespace: str) -> None:
-        for (ns, _), watchers in self._watchers.items():
-            if ns == namespace:
-                for wake in watchers:
-                    wake.set()
+    def poke_all(self) -> None:
+        """Probe every pod now (this replica acts again after standing by)."""
+        for state in self._pods.values():
+            state.poke.set()
 
     # --- probing ---------------------------------------------------------------
 
     async def _probe_loop(self, key: PodKey) -> None:
         while True:
-            await self._demand.wait()
+            await self._active.wait()
             state = self._pods.get(key)
             if state is None:
                 return
             state.poke.clear()
             state.started += 1
+            if state.first_probe_at is None:
+                state.first_probe_at = self._clock.monotonic()
             try:
                 await self._probe(state)
             finally:
@@ -263,9 +264,10 @@ class Observer:
         view = state.view
         before_health, before_inventory = state.health, state.inventory
         adapter = self._adapter(state, await self.api_key())
-        asked_at = datetime.now(UTC)
+        asked_at = self._clock.now()
         if adapter is None:
-            state.health, state.inventory = PodHealth.DOWN, {}
+            state.health = PodHealth.DOWN
+            state.set_inventory({})
         else:
             try:
                 if state.info is None:
@@ -286,7 +288,8 @@ class Observer:
                                f"the instance's inventory cannot be read ({error})")
                 down = state.failures >= self._failure_threshold
                 if down:
-                    state.health, state.inventory = PodHealth.DOWN, {}
+                    state.health = PodHealth.DOWN
+                    state.set_inventory({})
                 elif state.health is PodHealth.OK:
                     state.health = PodHealth.SUSPECT
                 if down and before_health is not PodHealth.DOWN:
@@ -297,7 +300,8 @@ class Observer:
                     logger.info("instance pod %s/%s accepts the API key again",
                                 view.namespace, view.name)
                 inventory = report.sessions
-                state.health, state.inventory, state.failures = PodHealth.OK, inventory, 0
+                state.health, state.failures = PodHealth.OK, 0
+                state.set_inventory(inventory)
                 state.observed_at = asked_at
                 state.last_error = None
                 if report.skipped:
@@ -311,12 +315,13 @@ class Observer:
         state.probed.set()
         metrics.INSTANCE_SESSIONS.labels(view.namespace, view.name).set(len(state.inventory))
         metrics.INSTANCE_CAPACITY.labels(view.namespace, view.name).set(_capacity(state))
+        changed = _changed(before_inventory, state.inventory)
         if state.health is not before_health:
             logger.info("instance pod %s/%s is %s (was %s)", view.namespace, view.name,
                         state.health.value, before_health.value)
-            self._wake_namespace(view.namespace)
-        else:
-            self._wake(view.namespace, _changed(before_inventory, state.inventory))
+            self._notify(view.namespace, changed, view.name)
+        elif changed:
+            self._notify(view.namespace, changed, None)
 
     async def _describe(self, state: _PodState, adapter: InstanceAdapter) -> InstanceAdapter:
         """Ask the instance what it is (tier, limits, key checking) once per run."""
@@ -356,7 +361,8 @@ class Observer:
                          "check the Secret named by WA_API_KEY_SECRET", view.namespace, view.name)
             kopf.event(dict(state.body), type="Warning", reason="InstanceAuthFailed",
                        message="the instance refused the controller's API key (HTTP 401)")
-        state.health, state.inventory = PodHealth.AUTH_FAILED, {}
+        state.health = PodHealth.AUTH_FAILED
+        state.set_inventory({})
         state.last_error = f"auth: {error}"
         await self._api_key.refresh()  # the key may have been fixed: next probe uses it
 

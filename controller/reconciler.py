@@ -1,27 +1,31 @@
-"""The imperative shell around `decide`: one loop per account, woken by what concerns it.
+"""The imperative shell around `decide`: a work queue of account keys, served by workers.
 
-A pass reads the account and the fleet view, asks `decide`, reserves placements
-(before any await, so concurrent passes see them), writes the status guarded by
-resourceVersion, then makes the instance calls and posts the events. A pass that
-loses a write race does nothing else and runs again on the fresh object.
+Account watch events update one compact record per account and enqueue its key (N
+events while queued make one pass); probes enqueue only the accounts whose sessions
+changed; a bounded pool of workers takes keys, gathers (the record, the fleet view),
+asks `decide`, and applies: the status write guarded by resourceVersion, then the
+instance calls. "Decide again in T" is a delayed requeue; a failing pass backs off per
+account; a write conflict is requeued without counting as a failure. No task and no
+finalizer per account: deleting a WAAccount never waits for the operator.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-import time
+from collections import defaultdict
 from collections.abc import Coroutine, Mapping
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 import kopf
 from pydantic import ValidationError
 
 from controller import metrics
-from controller.api import WAAccountSpec, WAAccountStatus
+from controller.api import LEGACY_FINALIZER, REDISCOVER_ANNOTATION, WAAccountSpec, WAAccountStatus
+from controller.clock import Clock, SystemClock
 from controller.decisions import (
     Account,
     CallFailure,
@@ -42,13 +46,15 @@ from controller.instances import (
 )
 from controller.kube import Kube
 from controller.observer import Observer
+from controller.peering import PeeringGate
+from controller.workqueue import Backoff, WorkQueue
 
 logger = logging.getLogger("wa_controller.reconciler")
 T = TypeVar("T")
-RETRY_AFTER_ERROR = 5.0
-REDISCOVER_ANNOTATION = "wa-controller.io/rediscover"
 EVENT_COUNTERS = {"Placed": metrics.PLACEMENTS, "Reassigned": metrics.REASSIGNMENTS,
                   "Lost": metrics.LOSSES}
+WARMUP_RECHECK = 0.5  # seconds between looks while the namespace's pods are first probed
+CONFLICT_RECHECK = 1.0  # a lost write race: the fresh object's event usually comes first
 
 
 def status_patch(old: Mapping[str, Any], new: WAAccountStatus) -> dict[str, Any]:
@@ -57,55 +63,142 @@ def status_patch(old: Mapping[str, Any], new: WAAccountStatus) -> dict[str, Any]
     return {**{key: None for key in old if key not in wanted}, **wanted}
 
 
+def compact(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the shell keeps of a WAAccount: no managedFields, no other annotations."""
+    metadata = body.get("metadata") or {}
+    kept = {key: metadata[key] for key in ("name", "namespace", "uid", "resourceVersion",
+                                           "generation", "creationTimestamp") if key in metadata}
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept,
+            "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}
+
+
+@dataclass
+class AccountRecord:
+    """Everything the shell remembers of one account, in one place."""
+
+    uid: str
+    namespace: str
+    name: str
+    session: str
+    body: dict[str, Any]  # the newest object the watch delivered (compacted)
+    missing_since: datetime | None = None  # since when no pod shows the session
+    duplicate_since: datetime | None = None  # since when more than one pod shows it
+    failed_since: datetime | None = None  # since when the copies show failed
+    accepted_at: datetime | None = None  # when an instance accepted the last start
+    call_failure: CallFailure | None = None  # the last start an instance refused
+    rediscover_mark: str | None = None  # the rediscover annotation's value last seen
+    failing: str | None = None  # why the last pass failed (logged once per change)
+
+
 class Reconciler:
     def __init__(
         self, *, observer: Observer, kube: Kube, policy: Policy, resync_interval: float,
-        warmup_timeout: float, rediscover_window: float = 1.0,
+        warmup_timeout: float, rediscover_window: float = 1.0, workers: int = 16,
+        gate: PeeringGate | None = None, clock: Clock | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         self._observer = observer
         self._kube = kube
         self._policy = policy
         self._resync_interval = resync_interval
         self._warmup_timeout = warmup_timeout
-        self._wakes: dict[str, asyncio.Event] = {}
-        self._rechecks: dict[str, float] = {}  # uid -> seconds until decide must run again
-        self._missing_since: dict[str, datetime] = {}
-        self._duplicate_since: dict[str, datetime] = {}
-        self._failed_since: dict[str, datetime] = {}
+        self._rediscover_window = rediscover_window
+        self._workers = workers
+        self._gate = gate or PeeringGate(None, 0)
+        self._clock = clock or SystemClock()
+        self.queue: WorkQueue[str] = WorkQueue(self._clock, backoff or Backoff())
+        self._records: dict[str, AccountRecord] = {}
+        self._by_name: dict[tuple[str, str], str] = {}
+        self._by_session: dict[tuple[str, str], set[str]] = defaultdict(set)
         # Single flight: (namespace, session) -> the pod a start call is on its way to.
         self._starting: dict[tuple[str, str], str] = {}
-        self._accepted: dict[str, datetime] = {}  # uid -> when the instance took the start
-        self._call_failures: dict[str, CallFailure] = {}  # uid -> the last refused start
-        self._running: dict[tuple[str, str], tuple[str, str]] = {}  # (ns, name) -> (uid, session)
-        self._rediscover_marks: dict[str, str | None] = {}  # uid -> annotation value last seen
+        self._unfinalizing: set[str] = set()
+        self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._rediscover_window = rediscover_window
         self._rediscoveries: dict[str, tuple[float, asyncio.Task[list[str]]]] = {}
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def _start_workers(self) -> None:
+        """The workers start with the first account event: kopf's event posting lives in
+        the context its handlers run in, and tasks keep the context they start in."""
+        if self._started:
+            return
+        self._started = True
+        for index in range(self._workers):
+            self._spawn(self._work(), name=f"reconcile worker {index}")
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     @property
     def serving(self) -> bool:
-        """Whether this replica runs account loops now (a paused standby runs none)."""
-        return bool(self._running)
+        """Whether this replica acts now (a standby reconciles, probes and answers nothing)."""
+        return self._gate.active.is_set()
 
-    def poke(self, uid: str) -> None:
-        """Something about this account changed: run its loop now."""
-        wake = self._wakes.get(uid)
-        if wake is not None:
-            wake.set()
+    def resume(self) -> None:
+        """This replica acts again: decide every account anew (level-triggered)."""
+        for uid in self._records:
+            self.queue.add(uid)
 
-    def rediscover_marked(self, namespace: str, name: str, uid: str,
-                          annotations: Mapping[str, str], deleted: bool) -> None:
-        """Rediscover the account when its `wa-controller.io/rediscover` annotation takes a
-        new value. The value first seen (at start) is only remembered: starting probes all."""
-        if deleted:
-            self._rediscover_marks.pop(uid, None)
+    # --- what the watch says ---------------------------------------------------
+
+    def account_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A WAAccount was listed, added, changed or deleted: keep its record, enqueue it."""
+        self._start_workers()
+        metadata = body.get("metadata") or {}
+        uid, namespace, name = (str(metadata.get(k, "")) for k in ("uid", "namespace", "name"))
+        if LEGACY_FINALIZER in (metadata.get("finalizers") or []):
+            self._drop_legacy_finalizer(uid, namespace, name)
+        if event_type == "DELETED":
+            self._forget(uid)
             return
-        value = annotations.get(REDISCOVER_ANNOTATION)
-        seen_before = uid in self._rediscover_marks
-        previous = self._rediscover_marks.get(uid)
-        self._rediscover_marks[uid] = value
-        if seen_before and value is not None and value != previous:
+        session = str((body.get("spec") or {}).get("sessionId", ""))
+        mark = (metadata.get("annotations") or {}).get(REDISCOVER_ANNOTATION)
+        record = self._records.get(uid)
+        if record is None:  # a value seen first is only remembered: starting probes all
+            record = self._records[uid] = AccountRecord(uid, namespace, name, session,
+                                                        compact(body), rediscover_mark=mark)
+            self._by_name[(namespace, name)] = uid
+            self._by_session[(namespace, session)].add(uid)
+            metrics.RECONCILE_ERRORS.labels(namespace)  # exported as 0 before any error
+        elif mark is not None and mark != record.rediscover_mark:
             self._spawn(self.rediscover(namespace, name, trigger="annotation"))
+        record.rediscover_mark = mark
+        record.body = compact(body)
+        self.queue.add(uid)
+
+    def _forget(self, uid: str) -> None:
+        record = self._records.pop(uid, None)
+        self.queue.discard(uid)
+        self._rediscoveries.pop(uid, None)
+        if record is not None:
+            self._by_name.pop((record.namespace, record.name), None)
+            holders = self._by_session.get((record.namespace, record.session))
+            if holders is not None:
+                holders.discard(uid)
+                if not holders:
+                    del self._by_session[(record.namespace, record.session)]
+
+    def fleet_changed(self, namespace: str, sessions: set[str], pod: str | None) -> None:
+        """The observer saw `sessions` change on a pod (or the pod itself change): enqueue
+        the accounts of those sessions, and for a pod change the accounts recorded on it
+        and those waiting for room (Pending)."""
+        for session in sessions:
+            for uid in self._by_session.get((namespace, session), ()):
+                self.queue.add(uid)
+        if pod is None:
+            return
+        for uid, record in self._records.items():
+            status = record.body.get("status") or {}
+            if record.namespace == namespace and (
+                    (status.get("instance") or {}).get("pod") == pod
+                    or status.get("phase") in (None, "Pending")):
+                self.queue.add(uid)
+
+    # --- rediscovery -----------------------------------------------------------
 
     async def rediscover(self, namespace: str, name: str, *, trigger: str) -> list[str] | None:
         """Re-probe every pod of the account's namespace now, then decide the account again.
@@ -114,84 +207,76 @@ class Reconciler:
         served here). Requests for one account within `rediscover_window` seconds of each
         other share one rediscovery; overlapping ones for different accounts share probes.
         """
-        running = self._running.get((namespace, name))
-        if running is None:
+        uid = self._by_name.get((namespace, name))
+        if uid is None:
             return None
-        uid, session = running
         metrics.REDISCOVERIES.labels(trigger).inc()
-        now = time.monotonic()
+        now = self._clock.monotonic()
         recent = self._rediscoveries.get(uid)
         if recent is None or now - recent[0] >= self._rediscover_window:
+            session = self._records[uid].session
             recent = (now, self._spawn(self._rediscover(namespace, uid, session)))
             self._rediscoveries[uid] = recent
         return await asyncio.shield(recent[1])
 
     async def _rediscover(self, namespace: str, uid: str, session: str) -> list[str]:
         await self._observer.reprobe(namespace, self._warmup_timeout)
-        self.poke(uid)
+        self.queue.add(uid)
         return [p.name for p in self._observer.snapshot(namespace)
                 if p.trusted and session in p.sessions]
 
-    def _spawn(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    # --- the workers -----------------------------------------------------------
 
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def _work(self) -> None:
+        while True:
+            await self._gate.active.wait()
+            uid = await self.queue.get()
+            try:
+                if self._gate.active.is_set():  # a standby leaves keys for `resume`
+                    await self.process(uid)
+            finally:
+                self.queue.done(uid)
 
-    async def run_account(self, body: kopf.Body) -> None:
-        """The account's loop, for as long as kopf keeps its daemon (cancelled on stop)."""
-        namespace, uid = body.metadata.namespace, account_uid(body)
-        session = str((body.spec or {}).get("sessionId", ""))
-        metrics.RECONCILE_ERRORS.labels(namespace)  # exported as 0 before any error
-        wake = self._wakes[uid] = asyncio.Event()
-        self._running[(namespace, body.metadata.name)] = (uid, session)
-        self._observer.watch(namespace, session, wake)
+    async def process(self, uid: str) -> None:
+        """One worker step for one key: gather, decide, apply; back off on failure."""
+        record = self._records.get(uid)
+        if record is None:
+            return
+        if not self._observer.ready(record.namespace, self._warmup_timeout):
+            self.queue.add_after(uid, WARMUP_RECHECK)  # no decision before the fleet is known
+            return
         try:
-            await self._observer.wait_probed(namespace, self._warmup_timeout)
-            while True:
-                wake.clear()
-                try:
-                    await self.reconcile(body)
-                except Exception:  # an API server or instance failure: count, log, retry
-                    metrics.RECONCILE_ERRORS.labels(namespace).inc()
-                    logger.exception("%s/%s: reconcile failed; retrying in %.0f s",
-                                     namespace, body.metadata.name, RETRY_AFTER_ERROR)
-                    self._rechecks[uid] = RETRY_AFTER_ERROR
-                # Spread the periodic re-decisions so a restart does not stampede.
-                timeout = min(self._resync_interval * random.uniform(0.9, 1.1),  # noqa: S311
-                              self._rechecks.pop(uid, float("inf")))
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await wake.wait()
-        finally:
-            self._observer.unwatch(namespace, session, wake)
-            if self._wakes.get(uid) is wake:
-                del self._wakes[uid]
-                self._running.pop((namespace, body.metadata.name), None)
-                self._rediscoveries.pop(uid, None)
-                for memory in (self._missing_since, self._duplicate_since, self._failed_since,
-                               self._accepted, self._call_failures):
-                    memory.pop(uid, None)
+            await self.reconcile(record)
+        except Exception as error:  # the API server or an instance failed: back off
+            delay = self.queue.fail(uid)
+            metrics.RECONCILE_ERRORS.labels(record.namespace).inc()
+            reason = f"{type(error).__name__}: {error}"[:300]
+            if reason != record.failing:  # once per change of reason, not every retry
+                logger.warning("%s/%s: reconcile failed (%s); retrying with backoff, "
+                               "next in %.0f s", record.namespace, record.name, reason, delay)
+                logger.debug("reconcile failure", exc_info=True)
+            record.failing = reason
+        else:
+            self.queue.forget(uid)
+            if record.failing is not None:
+                logger.info("%s/%s: reconciles again", record.namespace, record.name)
+                record.failing = None
 
-    async def reconcile(self, body: kopf.Body) -> None:
-        precise_now = datetime.now(UTC)
+    async def reconcile(self, record: AccountRecord) -> None:
+        precise_now = self._clock.now()
         now = precise_now.replace(microsecond=0)  # what status records
-        namespace, uid = str(body.metadata.namespace), account_uid(body)
-        session = str((body.spec or {}).get("sessionId", ""))
+        namespace, uid, session = record.namespace, record.uid, record.session
+        body = record.body
         fleet = self._observer.snapshot(namespace)
-        account = _account(body, *self._memory(uid, session, fleet, precise_now),
-                           start_in_flight=self._starting.get((namespace, session)),
-                           call_failure=self._call_failures.get(uid))
+        self._remember(record, fleet, precise_now)
+        account = self._account(record)
         if account is None:
             return
         decision = decide(account, fleet, self._policy, now)
+        # Look again at the latest in `resync_interval` (spread), sooner when decide says.
+        self.queue.add_after(uid, self._resync_interval * random.uniform(0.9, 1.1))  # noqa: S311
         if decision.recheck_after is not None:
-            self._rechecks[uid] = decision.recheck_after.total_seconds() + 0.1
+            self.queue.add_after(uid, decision.recheck_after.total_seconds() + 0.1)
         starts = [a for a in decision.actions if isinstance(a, StartSession)]
         for start in starts:
             # Before any await: no other pass sends a start for this session meanwhile.
@@ -200,21 +285,22 @@ class Reconciler:
         if decision.changes(account.status):
             try:
                 written = await self._kube.patch_status(
-                    account.namespace, account.name, str(body.metadata["resourceVersion"]),
+                    namespace, account.name, str(body["metadata"]["resourceVersion"]),
                     status_patch(body.get("status") or {}, decision.status),
                 )
             except BaseException:
                 self._abandon(namespace, session, starts)
                 raise
-            if not written:
+            if not written:  # conflict: decide again on the fresh object, no failure
                 self._abandon(namespace, session, starts)
-                return  # the fresh object's watch event wakes this loop again
+                self.queue.add_after(uid, CONFLICT_RECHECK)
+                return
         # A placement is told once the instance accepted it, never for a call not made.
         placed = [e for e in decision.events if e.reason == "Placed"]
         for event in decision.events:
             if event not in placed:
-                self._post(body, account.namespace, event)
-        await self._act(body, account, decision, placed)
+                self._post(body, namespace, event)
+        await self._act(record, account, decision, placed)
 
     def _abandon(self, namespace: str, session: str, starts: list[StartSession]) -> None:
         for start in starts:
@@ -222,29 +308,55 @@ class Reconciler:
             self._observer.release(namespace, start.pod, session)
 
     @staticmethod
-    def _post(body: kopf.Body, namespace: str, event: Event) -> None:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    def _post(body: Mapping[str, Any], namespace: str, event: Event) -> None:
+        kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)
         if event.reason in EVENT_COUNTERS:
             EVENT_COUNTERS[event.reason].labels(namespace).inc()
 
-    def _memory(
-        self, uid: str, session: str, fleet: list[PodSnapshot], now: datetime
-    ) -> tuple[datetime | None, ...]:
-        """What the shell remembers of the account: since when its session shows on no
-        pod, on more than one, and failed; when its last start was accepted; its last
-        refused start. A session seen again ends the start's story."""
+    def _remember(self, record: AccountRecord, fleet: list[PodSnapshot], now: datetime
+                  ) -> None:
+        """Since when the session shows on no pod, on more than one, and failed. A
+        session seen again ends the story of its last start."""
+        session = record.session
         copies = [p.sessions[session] for p in fleet if p.trusted and session in p.sessions]
         if copies:
-            self._accepted.pop(uid, None)
+            record.accepted_at = None
             if any(c.state is not SessionState.FAILED for c in copies):
-                self._call_failures.pop(uid, None)
+                record.call_failure = None
         failed = bool(copies) and all(c.state is SessionState.FAILED for c in copies)
-        return (_since(self._missing_since, uid, now, not copies),
-                _since(self._duplicate_since, uid, now, len(copies) > 1),
-                _since(self._failed_since, uid, now, failed),
-                self._accepted.get(uid))
+        record.missing_since = _since(record.missing_since, now, not copies)
+        record.duplicate_since = _since(record.duplicate_since, now, len(copies) > 1)
+        record.failed_since = _since(record.failed_since, now, failed)
 
-    async def _act(self, body: kopf.Body, account: Account, decision: Decision,
+    def _account(self, record: AccountRecord) -> Account | None:
+        """The account as plain data; a body the schema let through but we cannot read is
+        reported on the object, never raised."""
+        body = record.body
+        try:
+            return Account(
+                namespace=record.namespace,
+                name=record.name,
+                generation=int(body["metadata"].get("generation") or 0),
+                spec=WAAccountSpec.model_validate(body.get("spec") or {}),
+                status=WAAccountStatus.model_validate(body.get("status") or {}),
+                missing_since=record.missing_since,
+                duplicate_since=record.duplicate_since,
+                failed_since=record.failed_since,
+                start_in_flight=self._starting.get((record.namespace, record.session)),
+                start_accepted_at=record.accepted_at,
+                call_failure=record.call_failure,
+            )
+        except ValidationError as error:
+            message = f"cannot read this WAAccount: {error.errors()[0]['msg']}"
+            if message != record.failing:
+                logger.warning("%s/%s: %s", record.namespace, record.name, message)
+                kopf.event(dict(body), type="Warning", reason="InvalidAccount", message=message)
+            record.failing = message
+            return None
+
+    # --- instance calls --------------------------------------------------------
+
+    async def _act(self, record: AccountRecord, account: Account, decision: Decision,
                    placed: list[Event]) -> None:
         api_key = await self._observer.api_key()
         for action in decision.actions:
@@ -254,22 +366,22 @@ class Reconciler:
             adapter = self._observer.adapter(account.namespace, action.pod, api_key)
             if isinstance(action, StartSession):
                 # A start is a browser launch (blazz answers after WhatsApp Web loaded):
-                # it runs on its own, so this account's next decisions are not held up.
-                self._spawn(self._start(body, account, action, adapter, placed))
+                # it runs on its own, so no worker is held up by it.
+                self._spawn(self._start(record, account, action, adapter, placed))
                 continue
             try:
                 if adapter is None:
                     raise InstanceError(f"pod {action.pod} is gone")
                 await adapter.stop(account.spec.session_id, account.spec.workspace_id)
             except InstanceError as error:
-                self._call_failed(body, account, "stop", action.pod, error)
+                self._call_failed(record.body, account, "stop", action.pod, error)
             else:
                 self._observer.forget(account.namespace, action.pod, account.spec.session_id)
             self._observer.refresh(account.namespace, action.pod)
 
-    async def _start(self, body: kopf.Body, account: Account, action: StartSession,
+    async def _start(self, record: AccountRecord, account: Account, action: StartSession,
                      adapter: InstanceAdapter | None, placed: list[Event]) -> None:
-        namespace, session, uid = account.namespace, account.spec.session_id, account_uid(body)
+        namespace, session = account.namespace, account.spec.session_id
         try:
             if adapter is None:
                 raise InstanceError(f"pod {action.pod} is gone")
@@ -282,65 +394,58 @@ class Reconciler:
         except InstanceError as error:
             message = error.instance_message if isinstance(error, InstanceRefused) and \
                 error.instance_message else str(error)
-            self._call_failures[uid] = CallFailure(action.pod, message, datetime.now(UTC))
+            record.call_failure = CallFailure(action.pod, message, self._clock.now())
             self._observer.release(namespace, action.pod, session)
-            self._call_failed(body, account, "start", action.pod, error)
+            self._call_failed(record.body, account, "start", action.pod, error)
         else:
-            self._accepted[uid] = datetime.now(UTC)
-            self._call_failures.pop(uid, None)
+            record.accepted_at = self._clock.now()
+            record.call_failure = None
             self._observer.reserve(namespace, action.pod, session)  # its grace starts now
             for event in placed:
-                self._post(body, namespace, event)
+                self._post(record.body, namespace, event)
         finally:
             self._starting.pop((namespace, session), None)
             self._observer.refresh(namespace, action.pod)
-            self.poke(uid)
+            self.queue.add(record.uid)
 
     @staticmethod
-    def _call_failed(body: kopf.Body, account: Account, verb: str, pod: str,
+    def _call_failed(body: Mapping[str, Any], account: Account, verb: str, pod: str,
                      error: InstanceError) -> None:
         said = error.instance_message if isinstance(error, InstanceRefused) else ""
         logger.warning("%s/%s: %s of session %s on %s failed: %s", account.namespace,
                        account.name, verb, account.spec.session_id, pod, error)
-        kopf.event(body, type="Warning", reason="InstanceCallFailed",
+        kopf.event(dict(body), type="Warning", reason="InstanceCallFailed",
                    message=f"{verb} on {pod} failed ({error.kind}): {said or error}"[:1000])
 
+    # --- housekeeping ----------------------------------------------------------
 
-def _since(store: dict[str, datetime], uid: str, now: datetime, holds: bool) -> datetime | None:
+    def _drop_legacy_finalizer(self, uid: str, namespace: str, name: str) -> None:
+        """Earlier versions finalized every account; without this, deleting one would wait
+        for an operator that no longer handles deletions that way."""
+        if uid in self._unfinalizing:
+            return
+        self._unfinalizing.add(uid)
+
+        async def drop() -> None:
+            try:
+                await self._kube.remove_finalizer(namespace, name, LEGACY_FINALIZER)
+            except Exception as error:  # the next event of the account tries again
+                logger.warning("%s/%s: cannot remove the finalizer %s: %s",
+                               namespace, name, LEGACY_FINALIZER, error)
+            finally:
+                self._unfinalizing.discard(uid)
+
+        self._spawn(drop())
+
+    def _spawn(self, work: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+def _since(since: datetime | None, now: datetime, holds: bool) -> datetime | None:
     """When a condition that holds now started holding (forgotten once it does not)."""
     if holds:
-        return store.setdefault(uid, now)
-    store.pop(uid, None)
+        return since or now
     return None
-
-
-def account_uid(body: kopf.Body) -> str:
-    return str(body.metadata.uid)
-
-
-def _account(
-    body: kopf.Body, missing_since: datetime | None, duplicate_since: datetime | None,
-    failed_since: datetime | None, start_accepted_at: datetime | None, *,
-    start_in_flight: str | None, call_failure: CallFailure | None,
-) -> Account | None:
-    """The account as plain data; a body the schema let through but we cannot read is
-    reported on the object, never raised."""
-    try:
-        return Account(
-            namespace=body.metadata.namespace,
-            name=body.metadata.name,
-            generation=int(body.metadata.get("generation") or 0),
-            spec=WAAccountSpec.model_validate(dict(body.spec)),
-            status=WAAccountStatus.model_validate(dict(body.status)),
-            missing_since=missing_since,
-            duplicate_since=duplicate_since,
-            failed_since=failed_since,
-            start_in_flight=start_in_flight,
-            start_accepted_at=start_accepted_at,
-            call_failure=call_failure,
-        )
-    except ValidationError as error:
-        message = f"cannot read this WAAccount: {error.errors()[0]['msg']}"
-        logger.warning("%s/%s: %s", body.metadata.namespace, body.metadata.name, message)
-        kopf.event(body, type="Warning", reason="InvalidAccount", message=message)
-        return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from controller.http_server import HttpServer, metrics_app
@@ -10,6 +11,7 @@ from controller.kube import Kube
 from controller.metrics import PhaseCensus
 from controller.mirror import Mirror, MirrorStore, engine_for
 from controller.observer import Observer
+from controller.peering import PeeringGate
 from controller.reconciler import Reconciler
 from controller.secrets import SecretValue
 from controller.settings import Settings
@@ -26,6 +28,7 @@ class Services:
     mirror: Mirror
     servers: list[HttpServer]
     census: PhaseCensus
+    gate: PeeringGate
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -37,6 +40,12 @@ class Services:
                 return await kube.secret_value(settings.operator_namespace, name, key)
             return SecretValue(read, f"Secret {settings.operator_namespace}/{name} key {key}")
 
+        gate = PeeringGate(
+            None if settings.peering is None else functools.partial(
+                kube.peering, settings.peering,
+                settings.namespaces[0] if settings.namespaces else None),
+            settings.priority or 0,
+        )
         observer = Observer(
             http=http,
             api_key=secret(settings.api_key_secret, settings.api_key_secret_key),
@@ -45,13 +54,23 @@ class Services:
             failure_threshold=settings.probe_failure_threshold,
             pending_ttl=settings.start_grace,
             timeouts=settings.call_timeouts,
+            active=gate.active,
         )
         reconciler = Reconciler(
             observer=observer, kube=kube, policy=settings.policy,
             resync_interval=settings.resync_interval,
             warmup_timeout=settings.probe_timeout * 2,
             rediscover_window=settings.rediscover_window,
+            workers=settings.reconcile_workers,
+            gate=gate,
         )
+        observer.subscribe(reconciler.fleet_changed)
+
+        def resume() -> None:
+            observer.poke_all()
+            reconciler.resume()
+
+        gate.start(resume)
         mirror = Mirror(
             MirrorStore(engine_for(settings.database_url.get_secret_value()),
                         settings.mirror_table, settings.notify_channel or None),
@@ -76,11 +95,13 @@ class Services:
             servers.append(HttpServer(receiver.app(), settings.webhook_port))
         for server in servers:
             await server.start()
-        return cls(settings, kube, http, observer, reconciler, mirror, servers, PhaseCensus())
+        return cls(settings, kube, http, observer, reconciler, mirror, servers, PhaseCensus(),
+                   gate)
 
     async def close(self) -> None:
         for server in self.servers:
             await server.close()
+        await self.gate.close()
         await self.reconciler.close()
         await self.mirror.close()
         await self.observer.close()

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
         60.0, ge=0, description="Seconds a session has to appear after its start was accepted."
     )
     max_start_attempts: int = Field(3, ge=1, description="Starts before an account is Lost.")
+    reconcile_workers: int = Field(
+        16, ge=1, le=1000, description="Accounts reconciled at once (the work queue's workers)."
+    )
     resync_interval: float = Field(
         300.0, gt=0, description="Seconds between re-decisions of an account nothing woke."
     )

@@ -12,23 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import time
+from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
+
+from controller.clock import Clock, SystemClock
 
 K = TypeVar("K", bound=Hashable)
-
-
-class Clock(Protocol):
-    """Where the shell gets time from: monotonic seconds and wall-clock UTC."""
-
-    def monotonic(self) -> float: ...
-
-
-class SystemClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
 
 
 @dataclass
@@ -46,7 +37,7 @@ class Backoff:
 class WorkQueue(Generic[K]):
     clock: Clock = field(default_factory=SystemClock)
     backoff: Backoff = field(default_factory=Backoff)
-    _ready: list[K] = field(default_factory=list, init=False)  # FIFO of keys to hand out
+    _ready: deque[K] = field(default_factory=deque, init=False)  # FIFO of keys to hand out
     _queued: set[K] = field(default_factory=set, init=False)  # in _ready
     _processing: set[K] = field(default_factory=set, init=False)
     _dirty: set[K] = field(default_factory=set, init=False)  # re-added while processing
@@ -125,7 +116,7 @@ class WorkQueue(Generic[K]):
         self.promote()
         if not self._ready:
             return None
-        key = self._ready.pop(0)
+        key = self._ready.popleft()
         self._queued.discard(key)
         self._processing.add(key)
         return key

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +37,7 @@ from devtools.harness import Accounts, Fleet, Simulator, WebhookTarget, wait_for
 from devtools.postgres import Postgres
 
 NAMESPACE = "bench"
+PLAIN_NAMESPACE = "bench-plain"  # the plain client's accounts: not served by the operator
 API_KEY = "benchmark-key"
 WEBHOOK_SECRET = "benchmark-webhook-secret"  # noqa: S105 - a throwaway fleet's secret
 REDISCOVER_TOKEN = "benchmark-rediscover-token"  # noqa: S105
@@ -46,9 +49,12 @@ SEED_TIMEOUT = 5.0  # the seed's per-instance timeout while it searches
 @dataclass
 class Report:
     rows: list[tuple[str, str, str]] = field(default_factory=list)
+    # Every figure as a number, under a stable key (`--json FILE` writes them; see README).
+    figures: dict[str, float] = field(default_factory=dict)
 
-    def add(self, what: str, ours: str, seed: str = "") -> None:
+    def add(self, what: str, ours: str, seed: str = "", **figures: float) -> None:
         self.rows.append((what, ours, seed))
+        self.figures.update(figures)
         print(f"  {what}: {ours}" + (f"   (seed: {seed})" if seed else ""), flush=True)
 
     def print(self) -> None:
@@ -94,7 +100,9 @@ class Bench:
         self.fleet = Fleet(self.core, NAMESPACE, key_file,
                            webhooks=WebhookTarget(self.webhook_url, secret_file))
         self.operator: Operator | None = None
+        self.operator_started = 0.0  # monotonic time of the operator process's start
         self.postgres = Postgres(log_statements=True)
+        self.plane = plane
 
     # --- the world -------------------------------------------------------------------
 
@@ -119,6 +127,7 @@ class Bench:
 
     def start_operator(self, probe_interval: float) -> None:
         log = (self.workdir / "operator.log").open("ab")
+        self.operator_started = time.monotonic()
         self.operator = Operator(subprocess.Popen(
             [sys.executable, "-m", "controller", "run", f"--namespaces={NAMESPACE}",
              f"--operator-namespace={NAMESPACE}", f"--probe-interval={probe_interval}",
@@ -172,6 +181,18 @@ class Bench:
             "WHERE deleted_at IS NULL", database="bench")
         return {str(name): (pod, stamp) for name, pod, stamp in found}  # type: ignore[misc]
 
+    def status_writes(self) -> int:
+        """WAAccount status PATCHes the API server served so far (its own counter)."""
+        text = httpx.get(f"{self.plane.server}/metrics", verify=str(self.plane.ca_file),
+                         headers={"Authorization": f"Bearer {self.plane.token}"},
+                         timeout=30).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("apiserver_request_total{") and 'resource="waaccounts"' in line \
+                    and 'subresource="status"' in line and 'verb="PATCH"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
+
     def instance_requests(self) -> int:
         return sum(sim.requests() for sim in self.sims().values())
 
@@ -180,6 +201,7 @@ class Bench:
     def burst(self) -> None:
         n = self.args.accounts
         print(f"\nburst: creating {n} WAAccounts at once", flush=True)
+        writes_before = self.status_writes()
         started = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda i: self.accounts.create(
@@ -190,15 +212,69 @@ class Bench:
             now = self.placements()
             return now if sum(p == "Connected" for _, p in now.values()) == n else None
 
-        placed = wait_for(f"all {n} accounts Connected", all_connected, timeout=900, every=1)
+        placed = wait_for(f"all {n} accounts Connected", all_connected, timeout=3600, every=1)
         elapsed = time.monotonic() - started
+        writes = self.status_writes() - writes_before
         spread = Counter(pod for pod, _ in placed.values())
         loads = [spread.get(name, 0) for name in self.sims()]
-        self.report.add("burst: creations sent", f"{created:.1f} s")
-        self.report.add("burst: all Connected", f"{elapsed:.1f} s after the first creation")
+        self.report.add("burst: creations sent", f"{created:.1f} s", burst_create_seconds=created)
+        self.report.add("burst: all Connected", f"{elapsed:.1f} s after the first creation",
+                        burst_connected_seconds=elapsed)
+        self.report.add("burst: status writes", f"{writes} ({writes / n:.2f} per account)",
+                        burst_status_writes=writes)
         self.report.add("burst: spread per pod", f"min {min(loads)} / max {max(loads)} "
-                        f"/ stdev {statistics.pstdev(loads):.2f}")
+                        f"/ stdev {statistics.pstdev(loads):.2f}",
+                        burst_spread_min=min(loads), burst_spread_max=max(loads))
         self.report.add("burst: events", self.event_reasons())
+        plain = self.plain_client(writes)
+        self.report.add("limit: plain client, same status writes",
+                        f"{plain:.1f} s ({writes / plain:.0f} patches/s, kubernetes_asyncio, "
+                        f"32 in flight); burst/limit = {elapsed / plain:.2f}",
+                        plain_client_seconds=plain, burst_over_limit=elapsed / plain)
+
+    def plain_client(self, writes: int) -> float:
+        """The API server's limit on this machine, in the same run: a plain asyncio client
+        writing as many status patches as the burst needed, to accounts of its own."""
+        import asyncio
+
+        from kubernetes_asyncio import client as aclient
+        from kubernetes_asyncio import config as aconfig
+
+        n = min(self.args.accounts, 1000)
+        names = [f"plain-{i:05d}" for i in range(n)]
+        self.core.create_namespace({"metadata": {"name": PLAIN_NAMESPACE}})  # not served
+        plain = Accounts(self.accounts.custom, PLAIN_NAMESPACE)
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda name: plain.create(name), names))
+        status = {"phase": "Starting", "message": "asked wa-3 to start the session",
+                  "instance": {"pod": "wa-3", "url": "http://127.0.0.9:3000",
+                               "assignedAt": "2026-12-01T00:00:00Z"}}
+
+        async def patch_all() -> float:
+            configuration = aclient.Configuration()
+            await aconfig.load_kube_config(str(self.kubeconfig),
+                                           client_configuration=configuration)
+            configuration.connection_pool_maxsize = 32
+            async with aclient.ApiClient(configuration) as api_client:
+                custom = aclient.CustomObjectsApi(api_client)
+                in_flight = asyncio.Semaphore(32)
+
+                async def one(i: int) -> None:
+                    async with in_flight:
+                        await custom.patch_namespaced_custom_object_status(
+                            "wa-controller.io", "v1alpha1", PLAIN_NAMESPACE, "waaccounts",
+                            names[i % n], {"status": {**status, "message": f"write {i}"}},
+                            _content_type="application/merge-patch+json")
+
+                started = time.monotonic()
+                await asyncio.gather(*(one(i) for i in range(writes)))
+                return time.monotonic() - started
+
+        seconds = asyncio.run(patch_all())
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda name: self.accounts.custom.delete_namespaced_custom_object(
+                "wa-controller.io", "v1alpha1", PLAIN_NAMESPACE, "waaccounts", name), names))
+        return seconds
 
     def steady_state(self) -> None:
         cycles = self.args.steady_cycles
@@ -217,15 +293,19 @@ class Bench:
         cpu_share = (self.operator.cpu_seconds() - cpu) / (cycles * interval) * 100
         seed = self.seed_cycle()
         self.report.add("steady: HTTP requests per probe cycle", f"{per_cycle:.1f}",
-                        f"{seed['requests']} (one per account), {seed['seconds']:.1f} s per cycle")
+                        f"{seed['requests']} (one per account), {seed['seconds']:.1f} s per cycle",
+                        steady_requests_per_cycle=per_cycle)
         self.report.add("steady: API writes per cycle",
                         f"{(written + new_events) / cycles:.1f} "
-                        f"({written} status, {new_events} events in {cycles} cycles)")
+                        f"({written} status, {new_events} events in {cycles} cycles)",
+                        steady_api_writes_per_cycle=(written + new_events) / cycles)
         self.report.add("steady: SQL statements per cycle",
-                        f"{statements / cycles:.1f}")
-        self.report.add("steady: operator CPU", f"{cpu_share:.1f} % of one core")
+                        f"{statements / cycles:.1f}", steady_sql_per_cycle=statements / cycles)
+        self.report.add("steady: operator CPU", f"{cpu_share:.1f} % of one core",
+                        steady_cpu_percent=cpu_share)
         rss, peak = self.operator.memory_mib()
-        self.report.add("operator RSS", f"{rss:.0f} MiB (peak {peak:.0f} MiB)")
+        self.report.add("operator RSS", f"{rss:.0f} MiB (peak {peak:.0f} MiB)",
+                        steady_rss_mib=rss, peak_rss_mib=peak)
 
     def crash_sessions_reappear(self) -> None:
         """The seed's "instance crash": a pod stops answering, its sessions come back on others."""
@@ -267,8 +347,13 @@ class Bench:
                         f"reappear); {unmoved_written} unmoved accounts written",
                         f"{seed['seconds']:.1f} s, {seed['requests']} requests, "
                         f"{seed['found']}/{len(recorded)} found; >= {hung:.0f} s if the "
-                        "instance hangs instead of refusing")
-        self.report.add("crash: last moved mirror row right", f"{rows_right:.1f} s after the crash")
+                        "instance hangs instead of refusing",
+                        crash_sessions=len(sessions), crash_right_seconds=elapsed,
+                        crash_reappear_seconds=reappeared,
+                        crash_right_after_reappear_seconds=elapsed - reappeared,
+                        crash_unmoved_written=unmoved_written)
+        self.report.add("crash: last moved mirror row right", f"{rows_right:.1f} s after the crash",
+                        crash_mirror_right_seconds=rows_right)
         self.report.add("crash: mirror rows written", f"{len(stamps)} rows over {span:.2f} s"
                         + (f" ({len(stamps) / span:.0f} rows/s)" if span else " (one batch)"))
 
@@ -286,9 +371,9 @@ class Bench:
                        for a in affected)
 
         wait_for("every account of the gone pod Connected elsewhere", all_replaced, timeout=300)
-        self.report.add("pod gone: its accounts Connected elsewhere",
-                        f"{time.monotonic() - started:.1f} s",
-                        "never (the seed does not re-place)")
+        gone = time.monotonic() - started
+        self.report.add("pod gone: its accounts Connected elsewhere", f"{gone:.1f} s",
+                        "never (the seed does not re-place)", pod_gone_seconds=gone)
 
     def fast_path(self) -> None:
         """With a 10-minute probe interval, how long a moved session's status stays wrong
@@ -297,8 +382,8 @@ class Bench:
         print(f"\nfast path: operator restarted with probe interval "
               f"{FAST_PATH_PROBE_INTERVAL:.0f} s; {samples} moves each way", flush=True)
         self.stop_operator()
+        writes_before = self.status_writes()
         self.start_operator(FAST_PATH_PROBE_INTERVAL)
-        time.sleep(5)  # the restart's first probes and re-decisions (nothing to change)
         custom = self.accounts.custom
         names = [name for name in self.sims() if name != CRASHED]
         on_pod = {name: pod for name, (pod, phase) in self.placements().items()
@@ -323,13 +408,31 @@ class Bench:
                      lambda: self.accounts.pod_of(account) == target, timeout=120, every=0.02)
             return time.monotonic() - started
 
+        # The first webhook after the restart, sent as soon as the receiver listens.
+        port = int(self.webhook_url.rsplit(":", 1)[1])
+        wait_for("the restarted operator's webhook port", lambda: _listening(port),
+                 timeout=300, every=0.1)
+        first_move = time_move("webhook", 0)
+        since_start = time.monotonic() - self.operator_started
+        self.report.add("restart: first webhook corrects its account",
+                        f"{since_start:.1f} s after the process started "
+                        f"({first_move:.1f} s after the move)",
+                        restart_first_webhook_seconds=since_start)
+        time.sleep(10)  # the restart's re-decisions settle (nothing to change)
+        restart_writes = self.status_writes() - writes_before - 1  # the one moved account
+        self.report.add("restart: status writes for accounts already right",
+                        f"{restart_writes}", restart_status_writes=restart_writes)
+
         for how in ("webhook", "annotation", "http call"):
             times = sorted(time_move(how, i) for i in range(samples))
+            key = how.replace(" ", "_")
             self.report.add(f"fast path: moved session's status right, by {how}",
                             f"median {statistics.median(times):.2f} s, max {times[-1]:.2f} s "
                             f"({samples} moves)",
                             "webhook: minutes to never (X-Instance-Url, no retry on 5xx)"
-                            if how == "webhook" else "")
+                            if how == "webhook" else "",
+                            **{f"fast_path_{key}_median_seconds": statistics.median(times),
+                               f"fast_path_{key}_max_seconds": times[-1]})
         self.report.add("fast path: without either",
                         f"up to the probe interval ({FAST_PATH_PROBE_INTERVAL:.0f} s)")
 
@@ -366,6 +469,11 @@ class Bench:
                 "victim_requests": victim_requests}
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 @contextmanager
 def _control_plane() -> Iterator[tuple[ControlPlane, Path]]:
     """A control plane of its own; the working directory (with the operator's log) is kept."""
@@ -387,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-interval", type=float, default=5.0)
     parser.add_argument("--steady-cycles", type=int, default=3)
     parser.add_argument("--fast-path-samples", type=int, default=10)
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
+                        help="also write every figure to FILE (keys documented in the README)")
     args = parser.parse_args(argv)
     phases: list[Callable[[Bench], None]] = [
         Bench.burst, Bench.steady_state, Bench.crash_sessions_reappear, Bench.crash_pod_gone,
@@ -400,6 +510,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             bench.close()
         bench.report.print()
+        if args.json is not None:
+            figures = {"accounts": args.accounts, "pods": args.pods,
+                       "probe_interval": args.probe_interval, **bench.report.figures}
+            args.json.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import httpx
 from kopf.testing import KopfRunner
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from controller import api
 from controller.handlers import build_registry
@@ -291,6 +292,17 @@ def operator_settings(namespace: str, **overrides: Any) -> Settings:
         **overrides,
     }
     return Settings(**values)
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The operator's /metrics, as `name{label="v",...}` (labels sorted) -> value."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
 
 
 def all_connected(accounts: Accounts, count: int) -> bool:

@@ -271,7 +271,9 @@ def test_the_operator_reconciles_with_the_charts_service_account(
             wait_for(f"the metrics endpoint to report {expected}",
                      lambda: scraped() == expected, timeout=15)
         except AssertionError as error:
-            raise AssertionError(f"{error}; the endpoint says {scraped()}") from None
+            events = {n: accounts.events(fleet.core, n) for n in ("a1", "b1", "c1")}
+            raise AssertionError(f"{error}; the endpoint says {scraped()}; "
+                                 f"events: {events}") from None
     log = runner.output
     assert "Forbidden" not in log, "the operator hit an RBAC refusal"
     assert " 403" not in log, "the operator hit an RBAC refusal"

@@ -359,3 +359,17 @@ def test_a_session_that_just_vanished_from_a_healthy_pod_gets_the_grace() -> Non
     assert waiting.actions == ()
     assert waiting.recheck_after == timedelta(seconds=40)
     assert expired.actions == (StartSession("a", resume=True),)
+
+
+def test_a_session_is_not_placed_while_a_ready_pod_that_may_hold_it_is_not_probed() -> None:
+    # At start, before the first probe of "a" answered: s1 may well be running there.
+    fleet = [pod("a", health=PodHealth.UNPROBED), pod("b")]
+    decision = decide(account(), fleet, POLICY, NOW)
+    assert decision.actions == ()
+    assert not decision.changes(account().status.model_copy(update={"observed_generation": 1}))
+    assert decision.recheck_after == POLICY.confirm_after
+
+
+def test_an_unprobed_pod_that_is_not_ready_holds_nothing_up() -> None:
+    fleet = [pod("a", health=PodHealth.UNPROBED, ready=False), pod("b")]
+    assert decide(account(), fleet, POLICY, NOW).actions == (StartSession("b", resume=False),)

@@ -6,13 +6,14 @@ from collections import Counter
 
 import pytest
 
-from controller import metrics
+from devtools.control_plane import free_port
 from devtools.harness import (
     Accounts,
     Fleet,
     all_connected,
     all_settled,
     running_operator,
+    scrape,
     seed_sessions,
     wait_for,
 )
@@ -61,7 +62,8 @@ def test_instance_crash_moves_only_the_affected_accounts(
     for name in ("wa-0", "wa-1", "wa-2"):
         fleet.add(name)
     seed_sessions(fleet, accounts, {"wa-0": ["a1", "a2"], "wa-1": ["b1", "b2"], "wa-2": ["c1"]})
-    with running_operator(settings(namespace)):
+    port = free_port()
+    with running_operator(settings(namespace, metrics_port=port)):
         wait_for("every account Connected and mirrored", lambda: all_settled(accounts, 5))
         assert accounts.pod_of("a1") == "wa-0"
         before = resource_versions(accounts)
@@ -77,13 +79,16 @@ def test_instance_crash_moves_only_the_affected_accounts(
         after = resource_versions(accounts)
         assert {n for n in before if before[n] != after[n]} == {"a1", "a2"}
         assert accounts.status("a1")["instance"]["url"] == fleet.simulators["wa-1"].url
-        reasons = [reason for _, reason, _ in accounts.events(fleet.core, "a1")]
         wait_for("a Reassigned event", lambda: "Reassigned" in
                  [r for _, r, _ in accounts.events(fleet.core, "a1")])
+        reasons = [reason for _, reason, _ in accounts.events(fleet.core, "a1")]
         assert "Placed" not in reasons
-        assert metrics.REASSIGNMENTS.labels(namespace)._value.get() == 2
-        assert metrics.PROBE_FAILURES.labels(namespace, "wa-0", "transport")._value.get() > 0
-        assert metrics.INSTANCE_SESSIONS.labels(namespace, "wa-1")._value.get() == 3
+        scraped = scrape(port)
+        labels = f'namespace="{namespace}"'
+        assert scraped[f"wa_controller_reassignments_total{{{labels}}}"] == 2
+        assert scraped[f'wa_controller_instance_sessions{{{labels},pod="wa-1"}}'] == 3
+        assert scraped[f'wa_controller_probe_failures_total{{kind="transport",{labels},'
+                       f'pod="wa-0"}}'] > 0
 
 
 def test_sessions_restored_elsewhere_before_the_crash_is_noticed_are_not_stopped(
@@ -211,13 +216,24 @@ def test_a_bad_pod_does_not_delay_the_others(
     for name in ("wa-0", "wa-1", "wa-2"):
         fleet.add(name)
     seed_sessions(fleet, accounts, {"wa-0": ["bad-1"], "wa-1": ["ok-1"], "wa-2": ["ok-2"]})
-    with running_operator(settings(namespace, probe_interval=1.0, probe_timeout=1.0)):
+    # A probe of wa-0 takes up to 20 s (hang, slow) while the others answer at once.
+    with running_operator(settings(namespace, probe_interval=1.0, probe_timeout=20.0,
+                                   probe_failure_threshold=5)):
         wait_for("every account Connected", lambda: all_connected(accounts, 3))
-        fleet.simulators["wa-0"].fault(fault, delay=5.0)
+        wa0, wa2 = fleet.simulators["wa-0"], fleet.simulators["wa-2"]
+        fleet.simulators["wa-0"].fault(fault, delay=20.0)
+        bad_before = wa0.requests("GET /api/sessions")
+        wait_for("wa-0's probe to be stuck", lambda: fault == "garbage" or
+                 wa0.requests("GET /api/sessions") > bad_before)
+        bad, good = wa0.requests("GET /api/sessions"), wa2.requests("GET /api/sessions")
 
-        fleet.simulators["wa-1"].move("ok-1", fleet.simulators["wa-2"])
+        fleet.simulators["wa-1"].move("ok-1", wa2)
         wait_for("ok-1 follows its session", lambda: accounts.pod_of("ok-1") == "wa-2",
-                 timeout=10)
+                 timeout=15)
+        wait_for("five more probes of wa-2", lambda: wa2.requests("GET /api/sessions")
+                 >= good + 5)
+        if fault != "garbage":  # meanwhile wa-0 is still on the one probe it got stuck in
+            assert wa0.requests("GET /api/sessions") == bad
 
 
 def test_operator_restart_replaces_nothing(

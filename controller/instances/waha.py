@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ValidationError
 
+from controller.api import SESSION_METADATA
 from controller.instances.base import (
     InstanceAdapter,
     InstanceEvent,
@@ -65,7 +66,6 @@ class _Webhook(BaseModel):
 
 # Session config metadata naming the account's session: WAHA Core runs every session as
 # `default`, so the inventory maps `default` back to the account through this key.
-SESSION_METADATA = "wa-controller.io/session"
 CORE_SESSION = "default"
 _RUNNING = frozenset({"WORKING", "SCAN_QR_CODE", "STARTING"})
 

@@ -19,14 +19,13 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 from controller import metrics
-from controller.api import Condition
-from controller.decisions import set_condition
+from controller.api import Condition, ConditionType, set_condition
 from controller.mirror.rows import MirrorFailure, MirrorRow, explain_failure, plan_resync, row_of
 from controller.mirror.store import MirrorStore, upgrade
 
 logger = logging.getLogger("wa_controller.mirror")
 
-MIRRORED = "Mirrored"
+MIRRORED = ConditionType.MIRRORED
 T = TypeVar("T")
 ListAccounts = Callable[[], Awaitable[list[Mapping[str, Any]]]]
 PatchStatus = Callable[[str, str, str, dict[str, Any]], Awaitable[bool]]
