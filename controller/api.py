@@ -43,6 +43,10 @@ class ConditionType(StrEnum):
     MIRRORED = "Mirrored"  # the SQL mirror's row is written
 
 
+# The reason an account that names another (older) account's session is Failed with.
+DUPLICATE_SESSION_ID = "DuplicateSessionId"
+
+
 SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 # E.164: up to 15 digits, no leading zero, optional "+". Seven digits at least,
 # so that a local number or a typo is refused rather than mirrored.

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from controller.api import (
+    DUPLICATE_SESSION_ID,
     ConditionType,
     DesiredState,
     InstanceRef,
@@ -64,6 +65,8 @@ class Account:
     start_accepted_at: datetime | None = None
     # The last start an instance refused or failed, in its own words.
     call_failure: CallFailure | None = None
+    # The older account of the namespace that names the same session, which keeps it.
+    duplicate_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,9 @@ def decide(
     """What to record, ask and say for one account, given what the fleet shows now."""
     draft = _Draft(account, now)
     session = account.spec.session_id
+    if account.duplicate_of is not None:
+        _duplicate(draft, account.duplicate_of)
+        return draft.decision()
     if account.start_in_flight is not None:
         _start_in_flight(draft, account.start_in_flight)
         return draft.decision()
@@ -196,6 +202,21 @@ def decide(
     else:
         _nowhere(draft, fleet, policy)
     return draft.decision()
+
+
+def _duplicate(draft: _Draft, older: str) -> None:
+    """Two accounts, one session: the older keeps it; this one never starts or stops it."""
+    session = draft.account.spec.session_id
+    message = f"session {session} belongs to the older account {older}"
+    if draft.status.phase is not Phase.FAILED or draft.status.message != message:
+        draft.event("Warning", DUPLICATE_SESSION_ID,
+                    f"{message}; nothing is started or stopped for this account")
+    draft.status.instance = None
+    draft.status.start_attempts = None
+    draft.status.last_start_time = None
+    draft.phase(Phase.FAILED, message)
+    draft.condition(ASSIGNED, "False", DUPLICATE_SESSION_ID, message)
+    draft.condition(READY, "False", DUPLICATE_SESSION_ID, message)
 
 
 def _start_in_flight(draft: _Draft, pod: str) -> None:
@@ -311,6 +332,14 @@ def _nowhere(draft: _Draft, fleet: Sequence[PodSnapshot], policy: Policy) -> Non
         draft.condition(
             READY, "Unknown", "InstanceAuthFailed",
             f"{recorded.name} refused the API key; its sessions cannot be checked",
+        )
+        return
+    if recorded is not None and recorded.health is PodHealth.UNREADABLE:
+        # It answers, so it is not dead: its sessions run there still, as far as we know.
+        draft.condition(
+            READY, "Unknown", "InstanceUnreadable",
+            f"{recorded.name} answers, but its inventory cannot be read; the session "
+            "stays assigned there",
         )
         return
     if any(p.health is PodHealth.UNPROBED and p.view.ready and not p.view.terminating

@@ -118,6 +118,7 @@ class PodHealth(StrEnum):
     OK = "ok"  # last probe answered: its inventory is current
     SUSPECT = "suspect"  # recent probes failed, below the threshold: trust the last inventory
     AUTH_FAILED = "auth_failed"  # 401: a configuration error; its sessions are unknown
+    UNREADABLE = "unreadable"  # it answers, but not what its protocol says: sessions unknown
     DOWN = "down"  # failed past the threshold, or unusable: it holds nothing
 
 

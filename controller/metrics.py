@@ -17,6 +17,9 @@ INSTANCE_SESSIONS = Gauge("wa_controller_instance_sessions",
                           ["namespace", "pod"])
 INSTANCE_CAPACITY = Gauge("wa_controller_instance_capacity",
                           "Most sessions an instance pod may hold.", ["namespace", "pod"])
+UNMANAGED_SESSIONS = Gauge("wa_controller_unmanaged_sessions",
+                           "Sessions an instance pod runs that no WAAccount names.",
+                           ["namespace", "pod"])
 PROBE_SECONDS = Histogram("wa_controller_probe_duration_seconds",
                           "Time an instance pod took to answer an inventory probe.",
                           ["namespace", "pod"],

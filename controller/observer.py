@@ -43,6 +43,9 @@ logger = logging.getLogger("wa_controller.observer")
 PodKey = tuple[str, str]  # (namespace, name)
 # What changed: (namespace, sessions that changed on a pod, the pod if the pod itself did).
 Notify = Callable[[str, set[str], str | None], None]
+# Failures that mean the pod does not answer at all: only these count toward "down".
+SILENT = frozenset({"refused", "timeout", "transport"})
+MIN_PROBE_GAP = 1.0  # seconds between two probes of one pod, however often it is poked
 
 
 @dataclass
@@ -65,6 +68,7 @@ class _PodState:
     finished_changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     running: int = 0  # sessions in the inventory that are not stopped (kept per probe)
     first_probe_at: float | None = None  # when this pod's first probe began
+    last_probe: float = 0.0  # when its last probe began
     pruned_at: float = 0.0  # when expired reservations were last dropped
 
     def set_inventory(self, inventory: Inventory) -> None:
@@ -233,6 +237,15 @@ class Observer:
     async def api_key(self) -> str:
         return await self._api_key.get() or ""
 
+    def namespaces(self) -> set[str]:
+        return {ns for ns, _ in self._pods}
+
+    def event(self, namespace: str, pod: str, type_: str, reason: str, message: str) -> None:
+        """An event on the instance pod (for what concerns it, not one account)."""
+        state = self._pods.get((namespace, pod))
+        if state is not None:
+            kopf.event(dict(state.body), type=type_, reason=reason, message=message[:1000])
+
     def poke_all(self) -> None:
         """Probe every pod now (this replica acts again after standing by)."""
         for state in self._pods.values():
@@ -248,6 +261,7 @@ class Observer:
                 return
             state.poke.clear()
             state.started += 1
+            state.last_probe = self._clock.monotonic()
             if state.first_probe_at is None:
                 state.first_probe_at = self._clock.monotonic()
             try:
@@ -259,6 +273,10 @@ class Observer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval):
                     await state.poke.wait()
+            # "At once", but at most one probe per pod per MIN_PROBE_GAP: a burst of
+            # placements on a pod costs one inventory read, not one per placement.
+            await asyncio.sleep(max(0.0, state.last_probe + MIN_PROBE_GAP
+                                    - self._clock.monotonic()))
 
     async def _probe(self, state: _PodState) -> None:
         view = state.view
@@ -279,13 +297,19 @@ class Observer:
                 await self._auth_failed(state, error)
             except InstanceUnavailable as error:
                 metrics.PROBE_FAILURES.labels(view.namespace, view.name, error.kind).inc()
-                state.failures += 1
                 state.last_error = f"{error.kind}: {error}"
-                if error.kind in ("refused", "timeout", "transport"):
-                    state.info = None  # maybe a new process: ask what it is once it answers
-                else:
+                if error.kind not in SILENT:
+                    # It answers: not a dead pod. Its sessions stay where they are, unknown
+                    # for now; no new ones go there.
                     self._warn(state, "InstanceUnreadable",
                                f"the instance's inventory cannot be read ({error})")
+                    state.health = PodHealth.UNREADABLE
+                    state.set_inventory({})
+                    state.probed.set()
+                    self._told(state, before_health, before_inventory)
+                    return
+                state.failures += 1
+                state.info = None  # maybe a new process: ask what it is once it answers
                 down = state.failures >= self._failure_threshold
                 if down:
                     state.health = PodHealth.DOWN
@@ -313,6 +337,12 @@ class Observer:
                 for session in inventory:
                     state.pending.pop(session, None)
         state.probed.set()
+        self._told(state, before_health, before_inventory)
+
+    def _told(self, state: _PodState, before_health: PodHealth, before_inventory: Inventory
+              ) -> None:
+        """Metrics for the pod, and `notify` of what its probe changed."""
+        view = state.view
         metrics.INSTANCE_SESSIONS.labels(view.namespace, view.name).set(len(state.inventory))
         metrics.INSTANCE_CAPACITY.labels(view.namespace, view.name).set(_capacity(state))
         changed = _changed(before_inventory, state.inventory)

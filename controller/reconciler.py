@@ -12,6 +12,7 @@ finalizer per account: deleting a WAAccount never waits for the operator.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import defaultdict
@@ -36,7 +37,7 @@ from controller.decisions import (
     StartSession,
     decide,
 )
-from controller.fleet import PodSnapshot
+from controller.fleet import PodHealth, PodSnapshot
 from controller.instances import (
     InstanceAdapter,
     InstanceError,
@@ -53,6 +54,7 @@ logger = logging.getLogger("wa_controller.reconciler")
 T = TypeVar("T")
 EVENT_COUNTERS = {"Placed": metrics.PLACEMENTS, "Reassigned": metrics.REASSIGNMENTS,
                   "Lost": metrics.LOSSES}
+DELETED_WATCH = 600.0  # seconds a deleted account's session is looked for to be stopped
 WARMUP_RECHECK = 0.5  # seconds between looks while the namespace's pods are first probed
 CONFLICT_RECHECK = 1.0  # a lost write race: the fresh object's event usually comes first
 
@@ -95,7 +97,8 @@ class Reconciler:
         self, *, observer: Observer, kube: Kube, policy: Policy, resync_interval: float,
         warmup_timeout: float, rediscover_window: float = 1.0, workers: int = 16,
         gate: PeeringGate | None = None, clock: Clock | None = None,
-        backoff: Backoff | None = None,
+        backoff: Backoff | None = None, namespaces: list[str] | None = None,
+        sweep_interval: float = 30.0, stop_unmanaged: bool = False,
     ) -> None:
         self._observer = observer
         self._kube = kube
@@ -113,6 +116,16 @@ class Reconciler:
         # Single flight: (namespace, session) -> the pod a start call is on its way to.
         self._starting: dict[tuple[str, str], str] = {}
         self._unfinalizing: set[str] = set()
+        # Sessions of deleted accounts, stopped wherever a sweep finds them:
+        # (namespace, session) -> (workspace, when to stop looking).
+        self._deleted: dict[tuple[str, str], tuple[str | None, float]] = {}
+        self._unmanaged: dict[tuple[str, str], frozenset[str]] = {}  # (ns, pod) -> reported
+        self._stopping: set[tuple[str, str, str]] = set()  # (ns, pod, session) in flight
+        self._namespaces = namespaces or []
+        self._sweep_interval = sweep_interval
+        self._stop_unmanaged = stop_unmanaged
+        self._sweep_now = asyncio.Event()
+        self._synced = False  # every account that existed at start has its record
         self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rediscoveries: dict[str, tuple[float, asyncio.Task[list[str]]]] = {}
@@ -127,6 +140,7 @@ class Reconciler:
         self._started = True
         for index in range(self._workers):
             self._spawn(self._work(), name=f"reconcile worker {index}")
+        self._spawn(self._sweeper(), name="sweeper")
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -153,7 +167,13 @@ class Reconciler:
         if LEGACY_FINALIZER in (metadata.get("finalizers") or []):
             self._drop_legacy_finalizer(uid, namespace, name)
         if event_type == "DELETED":
+            record = self._records.get(uid)
             self._forget(uid)
+            if record is not None and (namespace, record.session) not in self._by_session:
+                # Stop its session where it runs (keeping the stored login), now and
+                # wherever it shows up for a while (a start may still be on its way).
+                workspace = (record.body.get("spec") or {}).get("workspaceId")
+                self.sessions_deleted({(namespace, record.session, workspace)})
             return
         session = str((body.get("spec") or {}).get("sessionId", ""))
         mark = (metadata.get("annotations") or {}).get(REDISCOVER_ANNOTATION)
@@ -168,6 +188,7 @@ class Reconciler:
             self._spawn(self.rediscover(namespace, name, trigger="annotation"))
         record.rediscover_mark = mark
         record.body = compact(body)
+        self._deleted.pop((namespace, session), None)  # an account names it again
         self.queue.add(uid)
 
     def _forget(self, uid: str) -> None:
@@ -179,6 +200,8 @@ class Reconciler:
             holders = self._by_session.get((record.namespace, record.session))
             if holders is not None:
                 holders.discard(uid)
+                for other in holders:  # a newer account with that session may take it now
+                    self.queue.add(other)
                 if not holders:
                     del self._by_session[(record.namespace, record.session)]
 
@@ -197,6 +220,108 @@ class Reconciler:
                     (status.get("instance") or {}).get("pod") == pod
                     or status.get("phase") in (None, "Pending")):
                 self.queue.add(uid)
+
+    # --- sessions no account claims ------------------------------------------------
+
+    def sessions_deleted(self, sessions: set[tuple[str, str, str | None]]) -> None:
+        """Sessions of accounts deleted (while running, or while the operator was away, as
+        the mirror's soft-deleted rows say): stop them wherever they run."""
+        until = self._clock.monotonic() + DELETED_WATCH
+        for namespace, session, workspace in sessions:
+            if (namespace, session) not in self._by_session:
+                self._deleted[(namespace, session)] = (workspace, until)
+        self._sweep_now.set()
+
+    async def _sweeper(self) -> None:
+        await self._sync_records()
+        while True:
+            await self._gate.active.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._sweep_interval):
+                    await self._sweep_now.wait()
+            self._sweep_now.clear()
+            if self._gate.active.is_set():
+                self.sweep()
+
+    async def _sync_records(self) -> None:
+        """Wait until every account that exists has its record: before that, a session
+        nobody seems to claim may just belong to an account not listed yet."""
+        while True:
+            try:
+                listed = await self._kube.list_accounts(self._namespaces)
+                break
+            except Exception as error:  # the API server is away: try again
+                logger.warning("cannot list WAAccounts to start sweeping: %s", error)
+                await asyncio.sleep(5)
+        expected = {str(item["metadata"]["uid"]) for item in listed}
+        for _ in range(120):
+            if expected <= self._records.keys():
+                break
+            await asyncio.sleep(0.5)
+        self._synced = True
+        self._sweep_now.set()
+
+    def sweep(self) -> None:
+        """Stop the sessions of deleted accounts; report (never stop, unless told to) the
+        sessions no account claims, per pod. Reads only pods that answered just now."""
+        if not self._synced:
+            return
+        now = self._clock.monotonic()
+        self._deleted = {k: v for k, v in self._deleted.items() if v[1] > now}
+        for namespace in self._observer.namespaces():
+            for pod in self._observer.snapshot(namespace):
+                if pod.health is not PodHealth.OK:
+                    continue
+                unclaimed = {name for name, seen in pod.sessions.items()
+                             if seen.state is not SessionState.STOPPED
+                             and (namespace, name) not in self._by_session}
+                unmanaged = set()
+                for session in unclaimed:
+                    deleted = self._deleted.get((namespace, session))
+                    if deleted is not None or self._stop_unmanaged:
+                        self._stop_unclaimed(namespace, pod.name, session,
+                                             deleted[0] if deleted else None)
+                    else:
+                        unmanaged.add(session)
+                self._report_unmanaged(namespace, pod.name, frozenset(unmanaged))
+
+    def _report_unmanaged(self, namespace: str, pod: str, sessions: frozenset[str]) -> None:
+        metrics.UNMANAGED_SESSIONS.labels(namespace, pod).set(len(sessions))
+        before = self._unmanaged.get((namespace, pod), frozenset())
+        self._unmanaged[(namespace, pod)] = sessions
+        if sessions - before:
+            shown = ", ".join(sorted(sessions)[:20]) + (" ..." if len(sessions) > 20 else "")
+            self._observer.event(namespace, pod, "Warning", "UnmanagedSessions",
+                                 f"{len(sessions)} sessions run here that no WAAccount names "
+                                 f"(left running; import them or set stop_unmanaged_sessions):"
+                                 f" {shown}")
+
+    def _stop_unclaimed(self, namespace: str, pod: str, session: str,
+                        workspace: str | None) -> None:
+        key = (namespace, pod, session)
+        if key in self._stopping:
+            return
+        self._stopping.add(key)
+
+        async def stop() -> None:
+            try:
+                adapter = self._observer.adapter(namespace, pod, await self._observer.api_key())
+                if adapter is None:
+                    return
+                await adapter.stop(session, workspace)
+            except InstanceError as error:
+                logger.warning("%s: stopping session %s (no account names it) on %s failed: %s",
+                               namespace, session, pod, error)
+            else:
+                logger.info("%s: stopped session %s on %s: its account is deleted",
+                            namespace, session, pod)
+                self._observer.forget(namespace, pod, session)
+                self._observer.event(namespace, pod, "Normal", "SessionStopped",
+                                     f"stopped session {session}: no WAAccount names it")
+            finally:
+                self._stopping.discard(key)
+
+        self._spawn(stop())
 
     # --- rediscovery -----------------------------------------------------------
 
@@ -345,6 +470,7 @@ class Reconciler:
                 start_in_flight=self._starting.get((record.namespace, record.session)),
                 start_accepted_at=record.accepted_at,
                 call_failure=record.call_failure,
+                duplicate_of=self._older_holder(record),
             )
         except ValidationError as error:
             message = f"cannot read this WAAccount: {error.errors()[0]['msg']}"
@@ -353,6 +479,17 @@ class Reconciler:
                 kopf.event(dict(body), type="Warning", reason="InvalidAccount", message=message)
             record.failing = message
             return None
+
+    def _older_holder(self, record: AccountRecord) -> str | None:
+        """The account that keeps the session when several name it: the oldest (creation
+        time, then name). None when it is this one."""
+        uids = self._by_session.get((record.namespace, record.session), set())
+        if len(uids) < 2:
+            return None
+        oldest = min((self._records[u] for u in uids if u in self._records),
+                     key=lambda r: (str(r.body["metadata"].get("creationTimestamp", "")),
+                                    r.name))
+        return None if oldest.uid == record.uid else oldest.name
 
     # --- instance calls --------------------------------------------------------
 

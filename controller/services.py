@@ -63,6 +63,9 @@ class Services:
             rediscover_window=settings.rediscover_window,
             workers=settings.reconcile_workers,
             gate=gate,
+            namespaces=settings.namespaces,
+            sweep_interval=settings.probe_interval,
+            stop_unmanaged=settings.stop_unmanaged_sessions,
         )
         observer.subscribe(reconciler.fleet_changed)
 
@@ -78,6 +81,7 @@ class Services:
             patch_status=kube.patch_status,
             migrate=settings.database_migrate,
             retry_max=settings.mirror_retry_max,
+            on_deleted=reconciler.sessions_deleted,
         )
         mirror.start()
         servers = []

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
         60.0, ge=0, description="Seconds a session has to appear after its start was accepted."
     )
     max_start_attempts: int = Field(3, ge=1, description="Starts before an account is Lost.")
+    stop_unmanaged_sessions: bool = Field(
+        False, description="Stop sessions that no WAAccount names (default: only report "
+        "them; a team adopting wa-controller has sessions it has not imported yet).",
+    )
     reconcile_workers: int = Field(
         16, ge=1, le=1000, description="Accounts reconciled at once (the work queue's workers)."
     )

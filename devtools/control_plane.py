@@ -184,8 +184,7 @@ class ControlPlane:
         tokens.write_text(f'{self.token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
         tokens.chmod(0o600)
 
-        try:
-            self._spawn("etcd", [
+        self._etcd_argv = [
                 str(tool("etcd")),
                 "--name=default",
                 f"--data-dir={self.workdir / 'etcd-data'}",
@@ -196,10 +195,11 @@ class ControlPlane:
                 f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
                 "--unsafe-no-fsync=true",
                 "--log-level=warn",
-            ])
-            self._wait_until(
-                "etcd", lambda: self._get(f"http://127.0.0.1:{etcd_port}/health") is not None
-            )
+        ]
+        self._etcd_health = f"http://127.0.0.1:{etcd_port}/health"
+        try:
+            self._spawn("etcd", self._etcd_argv)
+            self._wait_until("etcd", lambda: self._get(self._etcd_health) is not None)
             self._spawn("kube-apiserver", [
                 str(tool("kube-apiserver")),
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
@@ -227,6 +227,18 @@ class ControlPlane:
             self.stop()
             raise
 
+    def kill_etcd(self) -> None:
+        """etcd dies (SIGKILL): the API server stays up and fails every write meanwhile."""
+        etcd = next(p for p in self._processes if p.name == "etcd")
+        etcd.popen.kill()
+        etcd.popen.wait(timeout=10)
+        self._processes.remove(etcd)
+
+    def start_etcd(self) -> None:
+        """etcd again, on its data: the API server reconnects by itself."""
+        self._processes.insert(0, self._spawn_process("etcd", self._etcd_argv))
+        self._wait_until("etcd", lambda: self._get(self._etcd_health) is not None)
+
     def stop(self) -> None:
         """Stop every process this control plane started (etcd last)."""
         for process in reversed(self._processes):
@@ -240,13 +252,16 @@ class ControlPlane:
         return [p.popen.pid for p in self._processes]
 
     def _spawn(self, name: str, argv: list[str]) -> None:
+        self._processes.append(self._spawn_process(name, argv))
+
+    def _spawn_process(self, name: str, argv: list[str]) -> _Process:
         log = self.workdir / f"{name}.log"
         with log.open("ab") as out:
             popen = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=self.detached,
             )
-        self._processes.append(_Process(name, popen, log))
+        return _Process(name, popen, log)
 
     def _wait_until(self, name: str, ready: Callable[[], bool]) -> None:
         process = next(p for p in self._processes if p.name == name)

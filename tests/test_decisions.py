@@ -373,3 +373,35 @@ def test_a_session_is_not_placed_while_a_ready_pod_that_may_hold_it_is_not_probe
 def test_an_unprobed_pod_that_is_not_ready_holds_nothing_up() -> None:
     fleet = [pod("a", health=PodHealth.UNPROBED, ready=False), pod("b")]
     assert decide(account(), fleet, POLICY, NOW).actions == (StartSession("b", resume=False),)
+
+
+def test_an_account_on_a_pod_that_answers_garbage_keeps_its_assignment() -> None:
+    acc = account(on="a", phase=Phase.CONNECTED, seen="CONNECTED")
+    fleet = [pod("a", health=PodHealth.UNREADABLE), pod("b")]
+    decision = decide(acc, fleet, POLICY, NOW)
+    assert decision.actions == ()
+    assert decision.status.instance is not None
+    assert decision.status.instance.pod == "a"
+    assert decision.status.phase is Phase.CONNECTED
+    assert conditions(decision.status)["Ready"] == ("Unknown", "InstanceUnreadable")
+
+
+def test_no_new_session_goes_to_a_pod_that_answers_garbage() -> None:
+    fleet = [pod("a", health=PodHealth.UNREADABLE), pod("b", capacity=50)]
+    assert decide(account(), fleet, POLICY, NOW).actions == (StartSession("b", resume=False),)
+
+
+def test_two_accounts_naming_one_session_the_newer_fails_and_touches_nothing() -> None:
+    acc = dataclasses.replace(account(on="a", phase=Phase.CONNECTED), duplicate_of="older")
+    fleet = [pod("a", ("s1", SessionState.WORKING)), pod("b", ("s1", SessionState.WORKING))]
+    decision = decide(acc, fleet, POLICY, NOW)
+    assert decision.actions == ()
+    assert decision.status.phase is Phase.FAILED
+    assert decision.status.instance is None
+    assert conditions(decision.status)["Assigned"] == ("False", "DuplicateSessionId")
+    assert [e.reason for e in decision.events] == ["DuplicateSessionId"]
+    stopped = dataclasses.replace(acc, spec=acc.spec.model_copy(
+        update={"desired_state": DesiredState.STOPPED}), status=decision.status)
+    again = decide(stopped, fleet, POLICY, NOW)  # its desiredState flips: still nothing
+    assert again.actions == ()
+    assert again.events == ()

@@ -118,7 +118,7 @@ class BlazzAdapter(InstanceAdapter):
         if held is not None and held.raw_status not in _DEAD:
             return  # it runs here already (or is being created): nothing to send
         if held is not None:  # a dead copy: replace it
-            await self.stop(session, request.workspace_id)
+            await self._delete(session, request.workspace_id)
         if request.resume and await self._restored(request):
             return
         if request.resume and await self._held(session) is not None:
@@ -151,6 +151,16 @@ class BlazzAdapter(InstanceAdapter):
         return isinstance(answer, dict) and answer.get("success") is True
 
     async def stop(self, session_id: str, workspace_id: str | None) -> None:
+        """Close the session's browser; its stored login stays (`client.destroy()`).
+
+        Only a session the pod holds is deleted: for one it does not hold, the service
+        deletes the session's files from disk, which is its stored login.
+        """
+        if await self._held(session_id) is None:
+            return
+        await self._delete(session_id, workspace_id)
+
+    async def _delete(self, session_id: str, workspace_id: str | None) -> None:
         await self.http.request(
             "DELETE",
             f"{self.base_url}/api/sessions/{session_id}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -29,8 +30,10 @@ class InstanceHttp:
     """
 
     def __init__(self, *, timeout: float, max_in_flight: int = 64,
+                 max_body: int = 32 << 20,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.timeout = timeout
+        self.max_body = max_body  # a larger answer is refused, never held whole
         self._client = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(timeout),
@@ -65,10 +68,8 @@ class InstanceHttp:
         async with self._in_flight:
             try:
                 async with asyncio.timeout(deadline):
-                    response = await self._client.request(
-                        method, url, params=params, headers=headers, json=body,
-                        timeout=httpx.Timeout(deadline),
-                    )
+                    status, content = await self._send(method, url, params, headers, body,
+                                                       deadline)
             except (TimeoutError, httpx.TimeoutException) as error:
                 raise InstanceUnavailable(
                     "timeout", f"{method} {url}: no answer within {deadline:.0f} s") from error
@@ -77,20 +78,35 @@ class InstanceHttp:
             except httpx.HTTPError as error:
                 raise InstanceUnavailable("transport", f"{method} {url}: {error}") from error
         answer: Any = None
-        if response.content:
+        if content:
             try:
-                answer = response.json()
+                answer = json.loads(content)
             except ValueError as error:
-                if response.status_code in ok:
+                if status in ok:
                     raise InstanceUnavailable(
-                        "garbage", f"{method} {url}: answer is not JSON") from error
-        if response.status_code == 401:
+                        "garbage", f"{method} {url}: answer is not JSON "
+                        f"({content[:40]!r}...)") from error
+        if status == 401:
             raise InstanceAuthError(f"{method} {url}: 401, the instance refused the API key")
-        if response.status_code not in ok:
+        if status not in ok:
             said = instance_message(answer)
-            detail = f"{method} {url}: HTTP {response.status_code}" + (f": {said}" if said else "")
-            if 400 <= response.status_code < 500:
-                raise InstanceRefused(response.status_code, said, detail)
-            raise InstanceUnavailable(
-                "http_5xx" if response.status_code >= 500 else "http_other", detail)
-        return response.status_code, answer
+            detail = f"{method} {url}: HTTP {status}" + (f": {said}" if said else "")
+            if 400 <= status < 500:
+                raise InstanceRefused(status, said, detail)
+            raise InstanceUnavailable("http_5xx" if status >= 500 else "http_other", detail)
+        return status, answer
+
+    async def _send(self, method: str, url: str, params: dict[str, str] | None,
+                    headers: dict[str, str] | None, body: dict[str, Any] | None,
+                    deadline: float) -> tuple[int, bytes]:
+        """The status and the body, read up to `max_body` bytes."""
+        async with self._client.stream(method, url, params=params, headers=headers, json=body,
+                                       timeout=httpx.Timeout(deadline)) as response:
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > self.max_body:
+                    raise InstanceUnavailable(
+                        "too_large", f"{method} {url}: answer larger than {self.max_body} bytes")
+                chunks.append(chunk)
+            return response.status_code, b"".join(chunks)

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from controller.api import DUPLICATE_SESSION_ID, ConditionType
+
 
 @dataclass(frozen=True)
 class MirrorRow:
@@ -39,6 +41,14 @@ class MirrorRow:
             "op": operation, "uid": self.uid, "namespace": self.namespace, "name": self.name,
             "accountUuid": self.account_uuid, "sessionId": self.session_id,
         }, separators=(",", ":"))
+
+
+def mirrored(body: Mapping[str, Any]) -> bool:
+    """Whether the account has a live row: not one that names another account's session
+    (the mirror holds one live row per session)."""
+    conditions = (body.get("status") or {}).get("conditions") or []
+    return not any(c.get("type") == ConditionType.ASSIGNED
+                   and c.get("reason") == DUPLICATE_SESSION_ID for c in conditions)
 
 
 def row_of(body: Mapping[str, Any]) -> MirrorRow:
@@ -89,6 +99,17 @@ def plan_resync(accounts: Mapping[str, MirrorRow], table: Mapping[str, StoredRow
         if uid not in accounts and stored.deleted_at is None
     )
     return ResyncPlan(upserts, deletes)
+
+
+def deleted_sessions(accounts: Mapping[str, MirrorRow], table: Mapping[str, StoredRow]
+                     ) -> set[tuple[str, str, str | None]]:
+    """(namespace, session, workspace) of accounts that were deleted (soft-deleted rows,
+    and rows of accounts gone now), whose session no live account names: their sessions
+    are to be stopped wherever they still run."""
+    live = {(row.namespace, row.session_id) for row in accounts.values()}
+    return {(s.row.namespace, s.row.session_id, s.row.workspace_id)
+            for uid, s in table.items()
+            if uid not in accounts and (s.row.namespace, s.row.session_id) not in live}
 
 
 @dataclass(frozen=True)

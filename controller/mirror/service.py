@@ -20,7 +20,15 @@ from typing import Any, Literal, TypeVar
 
 from controller import metrics
 from controller.api import Condition, ConditionType, set_condition
-from controller.mirror.rows import MirrorFailure, MirrorRow, explain_failure, plan_resync, row_of
+from controller.mirror.rows import (
+    MirrorFailure,
+    MirrorRow,
+    deleted_sessions,
+    explain_failure,
+    mirrored,
+    plan_resync,
+    row_of,
+)
 from controller.mirror.store import MirrorStore, upgrade
 
 logger = logging.getLogger("wa_controller.mirror")
@@ -53,8 +61,12 @@ class Mirror:
     def __init__(
         self, store: MirrorStore, *, list_accounts: ListAccounts, patch_status: PatchStatus,
         migrate: bool, batch_window: float = 0.1, retry_max: float = 30.0,
+        on_deleted: Callable[[set[tuple[str, str, str | None]]], None] | None = None,
     ) -> None:
         self._store = store
+        # Told after each resync which sessions belonged to accounts deleted meanwhile
+        # (also while the operator was away), so that they are stopped.
+        self._on_deleted = on_deleted
         self._list_accounts = list_accounts
         self._patch_status = patch_status
         self._migrate = migrate
@@ -92,7 +104,7 @@ class Mirror:
 
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         row = row_of(body)
-        deleted = event_type == "DELETED"
+        deleted = event_type == "DELETED" or not mirrored(body)
         if deleted:
             self._accounts.pop(row.uid, None)
         else:
@@ -134,8 +146,10 @@ class Mirror:
             self._migrate = False
         bodies = await self._list_accounts()
         table = await self._db(self._store.load)
-        accounts = {row.uid: row for row in map(row_of, bodies)}
+        accounts = {row.uid: row for row in map(row_of, filter(mirrored, bodies))}
         plan = plan_resync(accounts, table)
+        if self._on_deleted is not None:
+            self._on_deleted(deleted_sessions(accounts, table))
         await self._db(self._store.write, plan.upserts, plan.deletes, _now())
         metrics.MIRROR_RESYNCS.inc()
         metrics.MIRROR_ROWS.labels("upsert").inc(len(plan.upserts))

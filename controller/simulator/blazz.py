@@ -75,7 +75,7 @@ class BlazzProtocol(SimProtocol):
         async def list_sessions(request: web.Request) -> web.Response:
             if not self._key_ok(request.query.get("api_key")):
                 return web.json_response(_INVALID_KEY, status=401)
-            sessions = [self._entry(s) for s in sim.sessions.values()]
+            sessions = [self._entry(s) for s in sim.sessions.values()] + sim.extra_entries
             return web.json_response(
                 {"success": True, "sessions": sessions, "total": len(sessions)})
 
@@ -127,7 +127,12 @@ class BlazzProtocol(SimProtocol):
             if not self._key_ok(body.get("api_key")):
                 return web.json_response(_INVALID_KEY, status=401)
             sim.starts.stops += 1
-            if sim.sessions.pop(request.match_info["id"], None) is None:
+            name = request.match_info["id"]
+            if sim.sessions.pop(name, None) is None:
+                # Not in memory: the service removes sessions/<workspace>/<id> from disk
+                # (ids shaped webjs_<workspace>_...), which is the stored login.
+                if name.startswith("webjs_") and len(name.split("_")) >= 2:
+                    sim.logins.forget(name)
                 return web.json_response({
                     "success": True, "alreadyDisconnected": True,
                     "message": "Session already disconnected or not found in memory"})

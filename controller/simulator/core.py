@@ -47,6 +47,8 @@ class Fault(StrEnum):
     HANG = "hang"  # never answer
     SLOW = "slow"  # answer after `delay` seconds
     GARBAGE = "garbage"  # answer 200 with a body that is not JSON
+    TRICKLE = "trickle"  # answer 200, one byte every `delay` seconds
+    HTML = "html"  # answer 500 with an HTML error page (a proxy in front of it)
 
 
 class LoginStore:
@@ -68,6 +70,11 @@ class LoginStore:
         self._known.add(session)
         if self._directory is not None:
             (self._directory / session).touch()
+
+    def forget(self, session: str) -> None:
+        self._known.discard(session)
+        if self._directory is not None:
+            (self._directory / session).unlink(missing_ok=True)
 
     def has(self, session: str) -> bool:
         if self._directory is not None:
@@ -204,6 +211,8 @@ class InstanceSimulator:
     drop_starts: bool = False
     storage_dir: Path | None = None
     boot_sessions: list[str] = field(default_factory=list)
+    # Raw entries appended to the session list as they are (malformed ones, for tests).
+    extra_entries: list[Any] = field(default_factory=list)
     webhook_url: str | None = None
     webhook_secret: str | None = None
     source_address: str | None = None
@@ -339,6 +348,16 @@ class InstanceSimulator:
             return web.Response(
                 status=200, body=b'{"sessions": [{"sess', content_type="application/json"
             )
+        if self.fault is Fault.HTML:
+            return web.Response(status=500, content_type="text/html",
+                                text="<html><body><h1>502 Bad Gateway</h1></body></html>")
+        if self.fault is Fault.TRICKLE:
+            trickle = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await trickle.prepare(request)
+            for byte in b'{"success": true, "sessions": []}':
+                await asyncio.sleep(self.delay or 1.0)
+                await trickle.write(bytes([byte]))
+            return trickle
         return await handler(request)
 
     # --- control API -----------------------------------------------------------
@@ -405,6 +424,8 @@ class InstanceSimulator:
                 self.whatsapp_reachable = bool(body["whatsappReachable"])
             if "versionEndpoint" in body:
                 self.version_endpoint = bool(body["versionEndpoint"])
+            if "extraEntries" in body:
+                self.extra_entries = list(body["extraEntries"])
             if "bootSessions" in body:
                 self.boot_sessions = [str(s) for s in body["bootSessions"]]
             return web.json_response({

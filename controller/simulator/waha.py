@@ -124,7 +124,8 @@ class WahaProtocol(SimProtocol):
         async def list_sessions(request: web.Request) -> web.Response:
             everything = request.query.get("all") == "true"
             return web.json_response([self._describe(s) for s in sim.sessions.values()
-                                      if everything or s.status != "STOPPED"])
+                                      if everything or s.status != "STOPPED"]
+                                     + sim.extra_entries)
 
         async def get_session(request: web.Request) -> web.Response:
             session = sim.sessions.get(request.match_info["name"])
