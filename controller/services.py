@@ -33,7 +33,7 @@ class Services:
     @classmethod
     async def start(cls, settings: Settings) -> Services:
         kube = await Kube.connect()
-        http = InstanceHttp(timeout=settings.probe_timeout)
+        http = InstanceHttp(timeout=settings.probe_timeout, max_body=settings.max_inventory_bytes)
 
         def secret(name: str, key: str) -> SecretValue:
             async def read() -> str | None:

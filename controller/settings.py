@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     probe_failure_threshold: int = Field(
         3, ge=1, description="Failed probes in a row before a pod's sessions count as gone."
     )
+    max_inventory_bytes: int = Field(
+        32 << 20, ge=1024, description="Largest instance answer read (bytes); a larger one "
+        "is refused as unreadable without being held in memory whole.",
+    )
     start_timeout: float = Field(
         120.0, gt=0, description="Seconds a start call may take (blazz answers only after the "
         "browser loaded WhatsApp Web); never retried while it runs.",
