@@ -29,6 +29,9 @@ PROTOCOL_ANNOTATION = PREFIX + "protocol"  # on instance pods: blazz, waha, ...
 PORT_ANNOTATION = PREFIX + "port"
 CAPACITY_ANNOTATION = PREFIX + "capacity"
 REDISCOVER_ANNOTATION = PREFIX + "rediscover"  # on accounts: a new value re-probes
+# On instance pods: "source-address" trusts unsigned webhooks from the pod's IP (WAHA
+# without a webhook key); guard the webhook port with a NetworkPolicy then.
+WEBHOOK_AUTH_ANNOTATION = PREFIX + "webhook-auth"
 SESSION_METADATA = PREFIX + "session"  # in an instance's session config: whose it is
 # Earlier versions put this finalizer on every account (one kopf daemon each); the
 # operator removes it so deletions never wait for it.

@@ -13,7 +13,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from controller.api import CAPACITY_ANNOTATION, PORT_ANNOTATION, PROTOCOL_ANNOTATION
+from controller.api import (
+    CAPACITY_ANNOTATION,
+    PORT_ANNOTATION,
+    PROTOCOL_ANNOTATION,
+    WEBHOOK_AUTH_ANNOTATION,
+)
 from controller.instances import ObservedSession, SessionState
 
 
@@ -42,6 +47,7 @@ class PodView:
     capacity: int
     url: str | None
     problem: str | None = None  # why the pod's annotations could not be used
+    trusts_source_address: bool = False  # its unsigned webhooks are taken by its IP alone
 
     @property
     def key(self) -> tuple[str, str]:
@@ -108,6 +114,7 @@ def pod_view(
         capacity=capacity,
         url=url,
         problem=problem,
+        trusts_source_address=annotations.get(WEBHOOK_AUTH_ANNOTATION) == "source-address",
     )
 
 

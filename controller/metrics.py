@@ -37,6 +37,14 @@ REDISCOVERIES = Counter("wa_controller_rediscoveries",
 WEBHOOKS = Counter("wa_controller_webhooks",
                    "Instance webhooks received, by result (accepted, replayed, or why refused).",
                    ["result"])
+RELAY_EVENTS = Counter("wa_controller_relay_events",
+                       "Instance webhooks relayed to the application, by result (queued, "
+                       "delivered, retried, dropped_<why>, no_destination).", ["result"])
+RELAY_QUEUED = Gauge("wa_controller_relay_queued_events",
+                     "Webhooks waiting to be delivered to the application.")
+RELAY_SECONDS = Histogram("wa_controller_relay_delivery_seconds",
+                          "From an instance's webhook arriving to the application taking it.",
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 LOSSES = Counter("wa_controller_losses", "Accounts declared Lost.", ["namespace"])
 
 MIRROR_ROWS = Counter("wa_controller_mirror_rows_written", "Mirror rows written, by operation.",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from controller.http_server import HttpServer, metrics_app
@@ -13,9 +15,30 @@ from controller.mirror import Mirror, MirrorStore, engine_for
 from controller.observer import Observer
 from controller.peering import PeeringGate
 from controller.reconciler import Reconciler
+from controller.relay import Destination, Relay, RelayLimits
 from controller.secrets import SecretValue
 from controller.settings import Settings
 from controller.webhooks import WebhookLimits, WebhookReceiver
+
+
+def relay_destinations(kube: Kube, settings: Settings
+                       ) -> Callable[[str], Awaitable[Destination | None]]:
+    """Where each namespace's events go: its relay Secret, re-read every 10 s (a rotated
+    secret or a new URL is in force within seconds; a deleted Secret stops the relay)."""
+    cache: dict[str, tuple[float, Destination | None]] = {}
+
+    async def destination(namespace: str) -> Destination | None:
+        now = time.monotonic()
+        cached = cache.get(namespace)
+        if cached is not None and now - cached[0] < 10.0:
+            return cached[1]
+        url = await kube.secret_value(namespace, settings.relay_secret, "url")
+        secret = await kube.secret_value(namespace, settings.relay_secret, "hmac-secret")
+        found = Destination(url, secret) if url and secret else None
+        cache[namespace] = (now, found)
+        return found
+
+    return destination
 
 
 @dataclass
@@ -29,6 +52,7 @@ class Services:
     servers: list[HttpServer]
     census: PhaseCensus
     gate: PeeringGate
+    relay: Relay
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -87,6 +111,9 @@ class Services:
         servers = []
         if settings.metrics_port is not None:
             servers.append(HttpServer(metrics_app(), settings.metrics_port))
+        relay = Relay(relay_destinations(kube, settings), RelayLimits(
+            max_events=settings.relay_queue_max, max_bytes=settings.relay_queue_bytes,
+            attempts=settings.relay_attempts, timeout=settings.relay_timeout))
         if settings.webhook_port is not None:
             receiver = WebhookReceiver(
                 observer=observer, reconciler=reconciler,
@@ -94,18 +121,21 @@ class Services:
                 rediscover_token=secret(settings.webhook_secret, settings.rediscover_token_key),
                 limits=WebhookLimits(
                     max_body=settings.webhook_max_body, max_age=settings.webhook_max_age,
-                    rate=settings.webhook_rate, burst=settings.webhook_burst),
+                    rate=settings.webhook_rate, burst=settings.webhook_burst,
+                    replay_window=settings.webhook_replay_window),
+                relay=relay,
             )
             servers.append(HttpServer(receiver.app(), settings.webhook_port))
         for server in servers:
             await server.start()
         return cls(settings, kube, http, observer, reconciler, mirror, servers, PhaseCensus(),
-                   gate)
+                   gate, relay)
 
     async def close(self) -> None:
         for server in self.servers:
             await server.close()
         await self.gate.close()
+        await self.relay.close()
         await self.reconciler.close()
         await self.mirror.close()
         await self.observer.close()

@@ -93,7 +93,25 @@ class Settings(BaseSettings):
     rediscover_window: float = Field(
         1.0, ge=0, description="Seconds within which rediscoveries of one account are one."
     )
-    webhook_max_body: int = Field(65536, ge=1024, description="Largest webhook body, bytes.")
+    webhook_max_body: int = Field(
+        16 << 20, ge=1024, description="Largest webhook body, bytes (media messages carry "
+        "their media inline: 100 kB and more).",
+    )
+    webhook_replay_window: float = Field(
+        10.0, gt=0, description="Seconds within which an unsigned webhook without an event "
+        "id, identical to one received, is a replay.",
+    )
+    relay_secret: str = Field(
+        "wa-controller-relay", description="Secret, in each served namespace, with the "
+        "application's webhook URL (key url) and secret (key hmac-secret); none: no relay.",
+    )
+    relay_attempts: int = Field(8, ge=1, description="Deliveries tried before an event is "
+                                "counted lost.")
+    relay_queue_max: int = Field(10_000, ge=1, description="Events queued for the "
+                                 "application at most.")
+    relay_queue_bytes: int = Field(256 << 20, ge=1 << 20, description="Bytes queued for the "
+                                   "application at most.")
+    relay_timeout: float = Field(10.0, gt=0, description="Seconds one delivery may take.")
     webhook_max_age: float = Field(
         300.0, gt=0, description="Seconds a signed webhook timestamp stays valid."
     )

@@ -1,9 +1,11 @@
 """The fast path, on its own port: instance webhooks and on-demand rediscovery.
 
-`POST /webhooks`: an instance says a session changed. The sender is the instance pod at
-the connection's source address, never what the request claims about itself; the pod's
-protocol adapter checks the signature; a valid event re-probes that pod at once, which
-wakes the accounts whose sessions changed there.
+`POST /webhooks` (and blazz's fixed `/api/whatsapp/webhooks/webjs`): an instance says
+something happened. The sender is the instance pod at the connection's source address,
+never what the request claims about itself; the pod's protocol adapter checks the
+signature (or, for pods that opted in, trusts the address); a valid event re-probes that
+pod at once, which wakes the accounts whose sessions changed there, and goes on to the
+application through the relay.
 
 `POST /rediscover/{namespace}/{name}` (`Authorization: Bearer <token>`): an application
 whose send failed asks for one account to be re-checked across pods now.
@@ -26,6 +28,7 @@ from controller.fleet import PodView
 from controller.instances import PROTOCOLS, WebhookRejected
 from controller.observer import Observer
 from controller.reconciler import Reconciler
+from controller.relay import Relay, RelayedEvent
 from controller.secrets import SecretValue, same_secret
 
 logger = logging.getLogger("wa_controller.webhooks")
@@ -89,13 +92,14 @@ class WebhookLimits:
     max_age: float  # seconds a signed timestamp stays valid
     rate: float  # requests per second per source
     burst: int
+    replay_window: float = 10.0  # seconds an unsigned body without an id counts as a replay
 
 
 class WebhookReceiver:
     def __init__(
         self, *, observer: Observer, reconciler: Reconciler, hmac_secret: SecretValue,
         rediscover_token: SecretValue, limits: WebhookLimits,
-        clock: Callable[[], float] = time.time,
+        relay: Relay | None = None, clock: Callable[[], float] = time.time,
     ) -> None:
         self._observer = observer
         self._reconciler = reconciler
@@ -105,6 +109,8 @@ class WebhookReceiver:
         self._clock = clock
         self._throttle = RateLimiter(limits.rate, limits.burst)
         self._replays = ReplayGuard(limits.max_age * 2)
+        self._body_replays = ReplayGuard(limits.replay_window)
+        self._relay = relay
         self._logged: dict[tuple[str, str], float] = {}
 
     def app(self) -> web.Application:
@@ -130,25 +136,36 @@ class WebhookReceiver:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._refuse(source, "too_large", "body over the size limit", 413)
+        # Pods that opted in are trusted by their address (WAHA without a webhook key).
+        unsigned_ok = all(pod.trusts_source_address for pod in candidates)
         secret = await self._hmac_secret.get()
-        if secret is None:
+        if secret is None and not unsigned_ok:
             return self._refuse(source, "no_secret", "the webhook secret is not configured", 503)
-        adapter = PROTOCOLS[protocols.pop()]
+        protocol = protocols.pop()
         try:
-            event = adapter.read_webhook(request.headers, body, secret, self._clock(),
-                                         self._limits.max_age)
+            event = PROTOCOLS[protocol].read_webhook(
+                request.headers, body, secret or "", self._clock(), self._limits.max_age,
+                unsigned_ok=unsigned_ok)
         except WebhookRejected as rejected:
             status = 400 if rejected.reason == "malformed" else 401
             return self._refuse(source, rejected.reason, str(rejected), status)
         if not self._reconciler.serving:
             return self._refuse(source, "standby", "this replica serves no accounts now", 503)
-        if not self._replays.first_time(event.replay_key, self._clock()):
+        replays = self._body_replays if event.replay_by_body else self._replays
+        if not replays.first_time(event.replay_key, self._clock()):
             metrics.WEBHOOKS.labels("replayed").inc()
             return web.json_response({"result": "replayed"})
         senders = sender_of(candidates, event.worker_id)
         for pod in senders:
             self._observer.refresh(pod.namespace, pod.name)
         metrics.WEBHOOKS.labels("accepted").inc()
+        if self._relay is not None:
+            sender = senders[0]
+            self._relay.offer(RelayedEvent(
+                namespace=sender.namespace, session=event.session or "", protocol=protocol,
+                name=event.name, body=body, pod=sender.name, instance_url=sender.url or "",
+                content_type=request.headers.get("Content-Type", "application/json"),
+                queued_at=time.monotonic()))
         logger.debug("webhook %s for session %s from %s", event.name, event.session,
                      ", ".join(f"{p.namespace}/{p.name}" for p in senders))
         return web.json_response({"result": "accepted", "pods": [p.name for p in senders]},

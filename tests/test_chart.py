@@ -182,12 +182,14 @@ def test_rbac_allows_exactly_what_the_operator_uses(
         ("list", "pods"), ("watch", "pods"), ("create", "events"),
         ("get", f"secret/{SECRET}"), ("patch", f"kopfpeerings.kopf.dev/{FULLNAME}"),
         ("watch", "namespaces", "--all-namespaces"),
+        ("get", "secret/wa-controller-relay"),  # the application's webhook, per namespace
     ]
     denied = [
         ("delete", "pods"), ("create", "pods"), ("patch", "pods"),
         ("delete", "waaccounts.wa-controller.io"), ("create", "waaccounts.wa-controller.io"),
         ("get", "secret/some-other-secret"), ("list", "secrets"),
         ("get", f"secret/{SECRET}", f"--namespace={other}"),
+        ("get", "secret/wa-controller-relay", f"--namespace={other}"),
         ("list", "waaccounts.wa-controller.io", f"--namespace={other}"),
         ("patch", "kopfpeerings.kopf.dev/someone-else"), ("update", "deployments"),
         ("delete", "events"), ("create", "clusterroles"),

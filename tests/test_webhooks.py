@@ -200,8 +200,8 @@ def test_foreign_oversized_and_flooding_senders_are_refused_and_the_operator_kee
         foreign = post_from("127.0.0.1", url, body, headers)
         assert (foreign.status_code, foreign.json()["result"]) == (403, "unknown_sender")
 
-        big = post_from(fleet.simulators["wa-1"].ip, url, b"x" * 200_000, headers)
-        assert big.status_code == 413
+        big = post_from(fleet.simulators["wa-1"].ip, url, b"x" * (17 << 20), headers)
+        assert big.status_code == 413  # over the default 16 MiB
 
         # wa-2 floods; meanwhile wa-1 reports a1, which moved there.
         flooder = fleet.simulators["wa-2"].ip

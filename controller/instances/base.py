@@ -94,6 +94,9 @@ class InstanceEvent:
     state: SessionState | None  # None when the event says nothing of the session's state
     replay_key: str  # the same for every delivery of this one event
     worker_id: str | None = None  # the sender's own name for itself, where the protocol has one
+    # The replay key is the body itself (an unsigned event without an id): identical events
+    # are replays only within a short window, since a service may send one body again.
+    replay_by_body: bool = False
 
 
 class WebhookRejected(Exception):
@@ -142,6 +145,14 @@ class InstanceAdapter(abc.ABC):
     @staticmethod
     @abc.abstractmethod
     def read_webhook(
-        headers: Mapping[str, str], body: bytes, secret: str, now: float, max_age: float
+        headers: Mapping[str, str], body: bytes, secret: str, now: float, max_age: float,
+        *, unsigned_ok: bool = False,
     ) -> InstanceEvent:
-        """Verify a webhook's signature (constant time) and read it; raise WebhookRejected."""
+        """Verify a webhook's signature (constant time) and read it; raise WebhookRejected.
+        `unsigned_ok`: the sender's pod opted in to be trusted by its address alone, for
+        services that cannot sign (WAHA without a webhook key)."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def sign_webhook(body: bytes, secret: str, now: float) -> dict[str, str]:
+        """The headers that sign `body` in this protocol's own scheme (for the relay)."""

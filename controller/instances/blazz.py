@@ -170,8 +170,15 @@ class BlazzAdapter(InstanceAdapter):
         )
 
     @staticmethod
+    def sign_webhook(body: bytes, secret: str, now: float) -> dict[str, str]:
+        timestamp = str(int(now))
+        return {"X-Timestamp": timestamp,
+                "X-HMAC-Signature": webhook_signature(secret, timestamp, body)}
+
+    @staticmethod
     def read_webhook(
-        headers: Mapping[str, str], body: bytes, secret: str, now: float, max_age: float
+        headers: Mapping[str, str], body: bytes, secret: str, now: float, max_age: float,
+        *, unsigned_ok: bool = False,
     ) -> InstanceEvent:
         timestamp, signature = headers.get("X-Timestamp"), headers.get("X-HMAC-Signature")
         if not timestamp or not signature:

@@ -202,17 +202,25 @@ class WahaAdapter(InstanceAdapter):
         )
 
     @staticmethod
+    def sign_webhook(body: bytes, secret: str, now: float) -> dict[str, str]:
+        return {"X-Webhook-Hmac": webhook_signature(secret, body),
+                "X-Webhook-Hmac-Algorithm": "sha512"}
+
+    @staticmethod
     def read_webhook(
-        headers: Mapping[str, str], body: bytes, secret: str, now: float, max_age: float
+        headers: Mapping[str, str], body: bytes, secret: str, now: float, max_age: float,
+        *, unsigned_ok: bool = False,
     ) -> InstanceEvent:
         signature = headers.get("X-Webhook-Hmac")
-        if not signature:
+        if not signature and not unsigned_ok:
             raise WebhookRejected("unsigned", "X-Webhook-Hmac is required")
-        algorithm = headers.get("X-Webhook-Hmac-Algorithm", "sha512").lower()
-        if algorithm != "sha512":  # one algorithm only: no downgrade by header
-            raise WebhookRejected("bad_signature", f"HMAC algorithm {algorithm!r} is not sha512")
-        if not same_secret(signature.strip().lower(), webhook_signature(secret, body)):
-            raise WebhookRejected("bad_signature", "X-Webhook-Hmac does not match the body")
+        if signature:
+            algorithm = headers.get("X-Webhook-Hmac-Algorithm", "sha512").lower()
+            if algorithm != "sha512":  # one algorithm only: no downgrade by header
+                raise WebhookRejected("bad_signature",
+                                      f"HMAC algorithm {algorithm!r} is not sha512")
+            if not same_secret(signature.strip().lower(), webhook_signature(secret, body)):
+                raise WebhookRejected("bad_signature", "X-Webhook-Hmac does not match the body")
         try:
             webhook = _Webhook.model_validate_json(body)
         except ValidationError as error:
@@ -222,7 +230,9 @@ class WahaAdapter(InstanceAdapter):
             raise WebhookRejected("expired", f"event timestamp is older than {max_age:.0f} s")
         # The event id inside the signed body, not the unsigned X-Webhook-Request-Id header,
         # which a replayer could change.
-        request_id = webhook.id or signature.strip().lower()
+        # Without an id (older releases), the body itself: the same event twice is a replay.
+        by_body = webhook.id is None and not signature
+        request_id = webhook.id or (signature or hashlib.sha256(body).hexdigest()).strip().lower()
         status = webhook.payload.status if webhook.event == "session.status" else None
         # A Core pod's `default` speaks for the account our metadata names.
         owner = _owner({"metadata": webhook.metadata})
@@ -232,4 +242,5 @@ class WahaAdapter(InstanceAdapter):
             state=WahaAdapter.normalize(status) if status else None,
             replay_key=f"waha:{request_id}",
             worker_id=webhook.environment.worker.id,
+            replay_by_body=by_body,
         )
