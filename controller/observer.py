@@ -61,6 +61,7 @@ class _PodState:
     task: asyncio.Task[None] | None = None
     last_error: str | None = None
     info: InstanceInfo | None = None  # what the instance said of itself, once per run
+    known: InstanceInfo | None = None  # the last description told (logged, warned about)
     warned: str | None = None  # the last inventory problem told in a Warning event
     observed_at: datetime | None = None
     started: int = 0  # probes begun, and probes finished: `reprobe` waits on these
@@ -364,7 +365,10 @@ class Observer:
             logger.info("instance pod %s/%s did not describe itself: %s",
                         view.namespace, view.name, error)
             return adapter
-        state.info = info
+        known, state.info = state.known, info
+        state.known = info
+        if info == known:
+            return self._adapter(state, await self.api_key()) or adapter
         logger.info("instance pod %s/%s is %s %s %s", view.namespace, view.name, view.protocol,
                     info.version or "(version unknown)", info.tier or "")
         if info.checks_key is False:

@@ -32,8 +32,17 @@ from typing import Any
 import httpx
 from kubernetes import client, config
 
+from controller.instances import BlazzAdapter
 from devtools.control_plane import ControlPlane, free_port
-from devtools.harness import Accounts, Fleet, Simulator, WebhookTarget, wait_for
+from devtools.harness import (
+    Accounts,
+    ApplicationStub,
+    Fleet,
+    Simulator,
+    WebhookTarget,
+    post_from,
+    wait_for,
+)
 from devtools.postgres import Postgres
 
 NAMESPACE = "bench"
@@ -103,6 +112,7 @@ class Bench:
         self.operator_started = 0.0  # monotonic time of the operator process's start
         self.postgres = Postgres(log_statements=True)
         self.plane = plane
+        self.app = ApplicationStub()  # the application the operator relays webhooks to
 
     # --- the world -------------------------------------------------------------------
 
@@ -111,6 +121,10 @@ class Bench:
         self.core.create_namespaced_secret(NAMESPACE, {
             "metadata": {"name": "wa-controller-instances"},
             "data": {"api-key": base64.b64encode(API_KEY.encode()).decode()}})
+        self.app.__enter__()
+        self.core.create_namespaced_secret(NAMESPACE, {
+            "metadata": {"name": "wa-controller-relay"},
+            "stringData": {"url": self.app.url, "hmac-secret": "benchmark-app-secret"}})
         self.core.create_namespaced_secret(NAMESPACE, {
             "metadata": {"name": "wa-controller-webhooks"},
             "data": {key: base64.b64encode(value.encode()).decode() for key, value in {
@@ -134,6 +148,8 @@ class Bench:
              "--start-grace=30", f"--liveness-port={free_port()}", "--log-format=json",
              f"--metrics-port={free_port()}",
              f"--webhook-port={self.webhook_url.rsplit(':', 1)[1]}",
+             # Measure the relay, not the per-source flood guard.
+             "--webhook-rate=100000", "--webhook-burst=100000",
              f"--database-url={self.postgres.url(database='bench')}"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "KUBECONFIG": str(self.kubeconfig)}))
@@ -149,6 +165,7 @@ class Bench:
 
     def close(self) -> None:
         self.stop_operator()
+        self.app.__exit__()
         self.fleet.stop_all()
         self.postgres.remove()
         self.api.close()
@@ -382,7 +399,7 @@ class Bench:
         print(f"\nfast path: operator restarted with probe interval "
               f"{FAST_PATH_PROBE_INTERVAL:.0f} s; {samples} moves each way", flush=True)
         self.stop_operator()
-        writes_before = self.status_writes()
+        versions = self.resource_versions()
         self.start_operator(FAST_PATH_PROBE_INTERVAL)
         custom = self.accounts.custom
         names = [name for name in self.sims() if name != CRASHED]
@@ -419,8 +436,10 @@ class Bench:
                         f"({first_move:.1f} s after the move)",
                         restart_first_webhook_seconds=since_start)
         time.sleep(10)  # the restart's re-decisions settle (nothing to change)
-        restart_writes = self.status_writes() - writes_before - 1  # the one moved account
-        self.report.add("restart: status writes for accounts already right",
+        moved = {a for a, pod in on_pod.items() if self.accounts.pod_of(a) != pod}
+        restart_writes = sum(v != versions.get(k) for k, v in self.resource_versions().items()
+                             if k not in moved)
+        self.report.add("restart: accounts already right that were written",
                         f"{restart_writes}", restart_status_writes=restart_writes)
 
         for how in ("webhook", "annotation", "http call"):
@@ -435,6 +454,58 @@ class Bench:
                                f"fast_path_{key}_max_seconds": times[-1]})
         self.report.add("fast path: without either",
                         f"up to the probe interval ({FAST_PATH_PROBE_INTERVAL:.0f} s)")
+
+    def relay(self) -> None:
+        """Instance webhooks through the operator to the application: how many a second, the
+        latency it adds, and the operator's memory with the relay queue full."""
+        n = self.args.relay_events
+        senders = [sim for name, sim in self.sims().items() if name != CRASHED]
+        print(f"\nrelay: {n} message events posted by the instances", flush=True)
+        with self.app.lock:
+            self.app.received.clear()
+            self.app.arrived.clear()
+        body = b"x" * 2000
+
+        def post(i: int) -> float:
+            event = json.dumps({"event": "message_received", "data": {
+                "session_id": f"acct-{i % 1000:05d}", "n": i, "text": body.decode()}}).encode()
+            sim = senders[i % len(senders)]
+            sent = time.monotonic()
+            answer = post_signed(sim.ip, self.webhook_url, event)
+            assert answer == 202, answer
+            return sent
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            sent = list(pool.map(post, range(n)))
+        wait_for(f"{n} events at the application", lambda: sum(
+            e.get("event") == "message_received" for e in self.app.events()) >= n,
+            timeout=600, every=1)
+        with self.app.lock:
+            arrived = {json.loads(b)["data"]["n"]: at for (_, b), at
+                       in zip(self.app.received, self.app.arrived, strict=True)
+                       if json.loads(b).get("event") == "message_received"}
+        latencies = sorted(arrived[i] - sent[i] for i in range(n) if i in arrived)
+        elapsed = max(arrived.values()) - started
+        p99 = latencies[int(len(latencies) * 0.99) - 1]
+        self.report.add("relay: events per second", f"{n / elapsed:.0f} ({n} events)",
+                        relay_events_per_second=n / elapsed)
+        self.report.add("relay: added latency (post to application)",
+                        f"median {statistics.median(latencies) * 1000:.0f} ms, "
+                        f"p99 {p99 * 1000:.0f} ms",
+                        relay_latency_median_seconds=statistics.median(latencies),
+                        relay_latency_p99_seconds=p99)
+        # The application is down: the queue fills to its bound (10,000 events).
+        self.app.always = 503
+        full = 10_000
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(post, range(n, n + full + 200)))
+        assert self.operator is not None
+        rss, _ = self.operator.memory_mib()
+        self.report.add("relay: operator RSS with the queue full",
+                        f"{rss:.0f} MiB ({full} events of ~2 kB queued, 200 refused)",
+                        relay_full_queue_rss_mib=rss)
+        self.app.always = None
 
     # --- the seed's algorithm, on the same fleet ---------------------------------------
 
@@ -469,6 +540,13 @@ class Bench:
                 "victim_requests": victim_requests}
 
 
+def post_signed(source_ip: str, receiver: str, body: bytes) -> int:
+    """A blazz instance's webhook, from its own address, to the operator."""
+    headers = BlazzAdapter.sign_webhook(body, WEBHOOK_SECRET, time.time())
+    return post_from(source_ip, f"{receiver}/api/whatsapp/webhooks/webjs", body,
+                     headers).status_code
+
+
 def _listening(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
@@ -495,12 +573,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-interval", type=float, default=5.0)
     parser.add_argument("--steady-cycles", type=int, default=3)
     parser.add_argument("--fast-path-samples", type=int, default=10)
+    parser.add_argument("--relay-events", type=int, default=2000)
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
                         help="also write every figure to FILE (keys documented in the README)")
     args = parser.parse_args(argv)
     phases: list[Callable[[Bench], None]] = [
         Bench.burst, Bench.steady_state, Bench.crash_sessions_reappear, Bench.crash_pod_gone,
-        Bench.fast_path]
+        Bench.fast_path, Bench.relay]
     with _control_plane() as (plane, workdir):
         bench = Bench(plane, workdir, args)
         try:

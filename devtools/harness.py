@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -168,6 +171,54 @@ def start_simulator(protocol: str, api_key_file: Path, *, auto_pair: float | Non
 
     wait_for(f"the {protocol} simulator on {sim.url}", answers, timeout=20)
     return sim
+
+
+class ApplicationStub:
+    """The application's webhook endpoint, on loopback: answers from `script` (then 200)
+    and keeps what it accepted, with when it arrived (monotonic)."""
+
+    def __init__(self) -> None:
+        self.script: list[int] = []
+        self.always: int | None = None  # answer this to everything (a long outage)
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.arrived: list[float] = []
+        self.answers: list[int] = []
+        self.lock = threading.Lock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with stub.lock:
+                    status = stub.always or (stub.script.pop(0) if stub.script else 200)
+                    stub.answers.append(status)
+                    if status == 200:
+                        stub.received.append((dict(self.headers), body))
+                        stub.arrived.append(time.monotonic())
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/whatsapp/webhooks/webjs"
+
+    def events(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [json.loads(body) for _, body in self.received]
+
+    def __enter__(self) -> ApplicationStub:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.shutdown()
 
 
 @dataclass

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -20,6 +18,7 @@ from controller.instances import BlazzAdapter, WahaAdapter, WebhookRejected, bla
 from devtools.control_plane import free_port
 from devtools.harness import (
     Accounts,
+    ApplicationStub,
     Fleet,
     all_settled,
     post_from,
@@ -36,54 +35,14 @@ SECRET = "instances-webhook-secret-1f0a"
 APP_SECRET = "the-applications-own-secret-77c2"  # what the seed's Laravel app verifies with
 
 
-class Application:
-    """A stand-in for the application's webhook endpoint: answers from a script (then 200),
-    and keeps what it accepted, verified with its own secret."""
-
-    def __init__(self) -> None:
-        self.script: list[int] = []
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        self.answers: list[int] = []
-        self.lock = threading.Lock()
-        app = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with app.lock:
-                    status = app.script.pop(0) if app.script else 200
-                    app.answers.append(status)
-                    if status == 200:
-                        app.received.append((dict(self.headers), body))
-                self.send_response(status)
-                self.end_headers()
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api/whatsapp/webhooks/webjs"
-
-    def events(self) -> list[dict[str, object]]:
-        with self.lock:
-            return [json.loads(body) for _, body in self.received]
+@pytest.fixture
+def application() -> Iterator[ApplicationStub]:
+    with ApplicationStub() as app:
+        yield app
 
 
 @pytest.fixture
-def application() -> Iterator[Application]:
-    app = Application()
-    app.thread.start()
-    yield app
-    app.server.shutdown()
-
-
-@pytest.fixture
-def receiver(core: k8s.CoreV1Api, namespace: str, fleet: Fleet, application: Application
+def receiver(core: k8s.CoreV1Api, namespace: str, fleet: Fleet, application: ApplicationStub
              ) -> str:
     """The instances' webhook Secret, the application's relay Secret, and the receiver."""
     def secret(name: str, values: dict[str, str]) -> None:
@@ -117,7 +76,7 @@ def verified_by_the_application(headers: dict[str, str], body: bytes) -> None:
 
 
 def test_a_blazz_event_corrects_its_account_and_reaches_the_application_resigned(
-    namespace: str, fleet: Fleet, accounts: Accounts, receiver: str, application: Application
+    namespace: str, fleet: Fleet, accounts: Accounts, receiver: str, application: ApplicationStub
 ) -> None:
     fleet.add("wa-0")
     wa1 = fleet.add("wa-1")
@@ -154,7 +113,7 @@ def test_a_blazz_event_corrects_its_account_and_reaches_the_application_resigned
 
 
 def test_an_application_that_fails_three_times_gets_the_event_once_and_in_order(
-    namespace: str, fleet: Fleet, accounts: Accounts, receiver: str, application: Application
+    namespace: str, fleet: Fleet, accounts: Accounts, receiver: str, application: ApplicationStub
 ) -> None:
     fleet.add("wa-0")
     seed_sessions(fleet, accounts, {"wa-0": ["o1"]})
@@ -170,7 +129,7 @@ def test_an_application_that_fails_three_times_gets_the_event_once_and_in_order(
 
 
 def test_an_application_down_longer_than_the_retries_loses_counted_events_only(
-    namespace: str, fleet: Fleet, accounts: Accounts, receiver: str, application: Application,
+    namespace: str, fleet: Fleet, accounts: Accounts, receiver: str, application: ApplicationStub,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     fleet.add("wa-0")
@@ -202,7 +161,7 @@ def waha_unsigned(session: str, status: str) -> bytes:
 
 
 def test_unsigned_waha_webhooks_only_from_pods_that_opt_in(
-    namespace: str, fleet: Fleet, accounts: Accounts, receiver: str, application: Application,
+    namespace: str, fleet: Fleet, accounts: Accounts, receiver: str, application: ApplicationStub,
     core: k8s.CoreV1Api,
 ) -> None:
     closed, trusting = fleet.add("w-closed", "waha"), fleet.add("w-open", "waha")
