@@ -141,7 +141,8 @@ def files_digest(paths: list[Path], *extra: str) -> str:
         for path in files:
             if "__pycache__" in path.parts or path.suffix == ".pyc":
                 continue
-            digest.update(str(path.relative_to(ROOT)).encode() + b"\0")
+            name = path.relative_to(top) if top.is_dir() else Path(path.name)
+            digest.update(f"{top.name}/{name}".encode() + b"\0")
             digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()[:16]
 
