@@ -30,8 +30,9 @@ T = TypeVar("T")
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 120,
-             every: float = 1.0) -> T:
-    """Poll `probe` (errors count as not yet) until it returns something truthy."""
+             every: float = 1.0, explain: Callable[[], str] = lambda: "") -> T:
+    """Poll `probe` (errors count as not yet) until it returns something truthy; else fail
+    with what never happened, the last thing seen and `explain()`."""
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
@@ -44,7 +45,8 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 120,
                 return result
             last = result
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last saw {last!r}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last saw "
+                         f"{last!r}\n{explain()}")
 
 
 def ready(pod: dict[str, Any]) -> bool:
@@ -64,7 +66,13 @@ def ready_operator(node: Node, *, not_named: str = "") -> dict[str, Any]:
         live = [p for p in pods if ready(p) and p["metadata"]["name"] != not_named]
         return live[0] if len(live) == 1 and len(pods) == 1 else None
 
-    return wait_for("one Ready operator pod", probe, timeout=180)
+    def explain() -> str:
+        pods = node.kubectl("get", "pods", "-l", OPERATOR_LABELS, "-o", "wide").stdout
+        logs = node.kubectl("logs", "-l", OPERATOR_LABELS, "--previous", "--tail=15",
+                            check=False)
+        return f"{pods}\nthe operator's last crash ended with:\n{logs.stdout}{logs.stderr}"
+
+    return wait_for("one Ready operator pod", probe, timeout=180, explain=explain)
 
 
 def accounts(node: Node) -> dict[str, dict[str, Any]]:
