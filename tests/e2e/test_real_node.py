@@ -169,11 +169,15 @@ def test_signed_webhooks_reach_the_operator_through_its_service_from_real_pod_ip
     # Every simulator signs its session_ready webhooks and posts them to
     # http://wa-controller.wa-controller.svc:8081 (CoreDNS, then kube-proxy); the
     # operator accepts a webhook only from an instance pod's own IP and a valid HMAC.
+    def webhooks() -> dict[str, float]:
+        return {name: value for name, value in scrape(release).items()
+                if name.startswith("wa_controller_webhooks_total")}
+
     wait_for("accepted webhooks in the operator's metrics",
-             lambda: scrape(release).get('wa_controller_webhooks_total{result="accepted"}'))
-    refused = {name: value for name, value in scrape(release).items()
-               if name.startswith("wa_controller_webhooks_total") and "accepted" not in name
-               and value}
+             lambda: webhooks().get('wa_controller_webhooks_total{result="accepted"}'),
+             explain=lambda: f"webhooks by result: {webhooks()}")
+    refused = {name: value for name, value in webhooks().items()
+               if "accepted" not in name and value}
     assert not refused, f"webhooks refused: {refused}"
 
 
