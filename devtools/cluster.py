@@ -521,28 +521,59 @@ def _kill_containers(layout: Layout) -> None:
     for pid in host.processes_in_cgroups():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    socket = str(layout.containerd_socket)
+    stop_processes(_shims(layout), grace=10)
+
+
+def _shims(layout: Layout) -> list[int]:
+    """The containerd shims of our containerd (its socket address in their argv)."""
+    socket = str(layout.containerd_socket).encode()
     shims = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             with contextlib.suppress(OSError):
                 argv = (proc / "cmdline").read_bytes().split(b"\0")
-                if argv and argv[0].endswith(b"containerd-shim-runc-v2") and \
-                        socket.encode() in argv:
+                if argv[0].endswith(b"containerd-shim-runc-v2") and socket in argv:
                     shims.append(int(proc.name))
-    stop_processes(shims, grace=10)
+    return shims
+
+
+def memory(layout: Layout | None = None) -> dict[str, float]:
+    """MiB resident per part of the running node: its processes, the containerd shims, and
+    the pods (the kubepods memory cgroup, page cache included)."""
+    layout = layout or Layout(state_dir())
+    pids = json.loads(layout.state_file.read_text())["pids"] if layout.state_file.exists() else {}
+    used = {name: _rss_mib(pid) for name, pid in pids.items() if alive(pid)}
+    used["containerd shims"] = sum(_rss_mib(pid) for pid in _shims(layout))
+    pods = Path("/sys/fs/cgroup/memory/kubepods/memory.usage_in_bytes")
+    if pods.exists():
+        used["pods"] = int(pods.read_text()) / 2**20
+    return used
+
+
+def _rss_mib(pid: int) -> float:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`hack/cluster up` prints the admin kubeconfig; `down` undoes everything."""
+    """`hack/cluster up` prints the admin kubeconfig; `down` undoes everything; `memory`
+    prints what the running node takes."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="hack/cluster", description=main.__doc__)
-    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("action", choices=["up", "down", "memory"])
     args = parser.parse_args(argv)
     try:
         if args.action == "up":
             print(up().kubeconfig)
+        elif args.action == "memory":
+            used = memory()
+            for name, mib in sorted(used.items(), key=lambda item: -item[1]):
+                print(f"{mib:8.0f} MiB  {name}")
+            print(f"{sum(used.values()):8.0f} MiB  in all")
         else:
             down()
     except (ClusterError, host.HostError, image.ImageError) as error:

@@ -52,9 +52,10 @@ class Node:
 
 
 @pytest.fixture(scope="session")
-def node() -> Iterator[Node]:
+def node(request: pytest.FixtureRequest) -> Iterator[Node]:
     """`hack/cluster up` (or the cluster already up, which is then left running), with
-    the operator's image imported; `hack/cluster down` at the end, even after failures."""
+    the operator's image imported; `hack/cluster down` at the end, even after failures.
+    What the node took in memory is printed before it goes."""
     layout = cluster.Layout(cluster.state_dir())
     already_up = layout.state_file.exists()
     try:
@@ -64,6 +65,12 @@ def node() -> Iterator[Node]:
     except (cluster.ClusterError, host.HostError, image.ImageError) as error:
         pytest.fail(f"the real node did not start:\n{error}", pytrace=False)
     yield Node(running.kubeconfig, running.containerd_socket, built)
+    used = cluster.memory(layout)
+    report = request.config.pluginmanager.get_plugin("terminalreporter")
+    if report:
+        parts = ", ".join(f"{name} {mib:.0f}" for name, mib in
+                          sorted(used.items(), key=lambda item: -item[1]))
+        report.write_line(f"\nreal node memory: {sum(used.values()):.0f} MiB ({parts})")
     if not already_up:
         cluster.down(layout)
 
