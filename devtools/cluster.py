@@ -437,13 +437,21 @@ class Running:
     containerd_socket: Path
 
 
+def is_running(layout: Layout) -> bool:
+    """Whether every process of a cluster started from `layout` still runs."""
+    if not layout.state_file.exists():
+        return False
+    pids = json.loads(layout.state_file.read_text())["pids"]
+    return bool(pids) and all(alive(pid) for pid in pids.values())
+
+
 def up(layout: Layout | None = None) -> Running:
-    """Start the cluster (or reuse the running one); the host is recorded first."""
+    """Start the cluster (or reuse the running one); the host is recorded first. What a
+    cluster that died without `down` left behind is undone before."""
     layout = layout or Layout(state_dir())
-    if layout.state_file.exists():
-        pids = json.loads(layout.state_file.read_text())["pids"]
-        if all(alive(pid) for pid in pids.values()):
-            return Running(layout.kubeconfig, layout.containerd_socket)
+    if is_running(layout):
+        return Running(layout.kubeconfig, layout.containerd_socket)
+    if layout.snapshot_file.exists():
         down(layout)
     layout.root.mkdir(parents=True, exist_ok=True)
     if not layout.snapshot_file.exists():  # a failed down keeps the first record

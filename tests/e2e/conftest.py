@@ -57,7 +57,7 @@ def node(request: pytest.FixtureRequest) -> Iterator[Node]:
     the operator's image imported; `hack/cluster down` at the end, even after failures.
     What the node took in memory is printed before it goes."""
     layout = cluster.Layout(cluster.state_dir())
-    already_up = layout.state_file.exists()
+    already_up = cluster.is_running(layout)
     try:
         running = cluster.up(layout)
         built = image.operator_image()
