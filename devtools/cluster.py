@@ -335,6 +335,9 @@ class Cluster:
         # The pod network: our bridge and its guard, bridged traffic through iptables.
         host.create_bridge(BRIDGE, f"{NODE_IP}/24", SERVICE_CIDR)
         host.install_guard(BRIDGE, POD_CIDR, SERVICE_CIDR)
+        if host.read_sysctl("net/bridge/bridge-nf-call-iptables") is None:
+            raise ClusterError("the br_netfilter kernel module is not loaded (Services "
+                               "between pods on one bridge need it): modprobe br_netfilter")
         host.write_sysctl("net/bridge/bridge-nf-call-iptables", "1")
         (layout.cni_conf_dir / f"10-{CNI_NETWORK}.conflist").write_text(
             json.dumps(cni_config(layout), indent=1))
