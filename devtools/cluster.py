@@ -281,6 +281,7 @@ class Cluster:
         self.layout = layout
         self.token = secrets.token_hex(16)
         self.pids: dict[str, int] = {}
+        self.started: dict[str, str] = {}  # the kernel's start time of each, against pid reuse
 
     @property
     def server(self) -> str:
@@ -292,7 +293,8 @@ class Cluster:
             popen = subprocess.Popen([str(a) for a in argv], stdout=out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         self.pids[name] = popen.pid
-        _save_pids(self.layout, self.pids)  # so that `down` finds them whatever happens next
+        self.started[name] = _start_time(popen.pid)
+        _save_pids(self.layout, self.pids, self.started)  # `down` finds them whatever happens
 
     def wait_until(self, name: str, ready: Callable[[], bool],
                    timeout: float = STARTUP_TIMEOUT_S) -> None:
@@ -442,10 +444,26 @@ class Running:
 
 def is_running(layout: Layout) -> bool:
     """Whether every process of a cluster started from `layout` still runs."""
-    if not layout.state_file.exists():
-        return False
-    pids = json.loads(layout.state_file.read_text())["pids"]
-    return bool(pids) and all(alive(pid) for pid in pids.values())
+    pids = _our_processes(layout)
+    return bool(pids) and len(pids) == len(_saved(layout).get("pids", {}))
+
+
+def _saved(layout: Layout) -> dict:
+    return json.loads(layout.state_file.read_text()) if layout.state_file.exists() else {}
+
+
+def _our_processes(layout: Layout) -> dict[str, int]:
+    """The recorded processes that still run and are still ours (a pid reused after a
+    reboot by some other process has another start time, and is left alone)."""
+    saved = _saved(layout)
+    return {name: pid for name, pid in saved.get("pids", {}).items()
+            if alive(pid) and _start_time(pid) == saved.get("started", {}).get(name)}
+
+
+def _start_time(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    return ""
 
 
 def up(layout: Layout | None = None) -> Running:
@@ -471,8 +489,8 @@ def up(layout: Layout | None = None) -> Running:
     return Running(layout.kubeconfig, layout.containerd_socket)
 
 
-def _save_pids(layout: Layout, pids: dict[str, int]) -> None:
-    layout.state_file.write_text(json.dumps({"pids": pids}))
+def _save_pids(layout: Layout, pids: dict[str, int], started: dict[str, str]) -> None:
+    layout.state_file.write_text(json.dumps({"pids": pids, "started": started}))
 
 
 def down(layout: Layout | None = None) -> None:
@@ -482,7 +500,7 @@ def down(layout: Layout | None = None) -> None:
         shutil.rmtree(layout.root, ignore_errors=True)
         return
     before = host.Snapshot.from_json(layout.snapshot_file.read_text())
-    pids = json.loads(layout.state_file.read_text())["pids"] if layout.state_file.exists() else {}
+    pids = _our_processes(layout)
     _delete_pods(layout, pids)
     for name in STOP_ORDER:
         if name == "containerd":
@@ -552,8 +570,7 @@ def memory(layout: Layout | None = None) -> dict[str, float]:
     """MiB resident per part of the running node: its processes, the containerd shims, and
     the pods (the kubepods memory cgroup, page cache included)."""
     layout = layout or Layout(state_dir())
-    pids = json.loads(layout.state_file.read_text())["pids"] if layout.state_file.exists() else {}
-    used = {name: _rss_mib(pid) for name, pid in pids.items() if alive(pid)}
+    used = {name: _rss_mib(pid) for name, pid in _our_processes(layout).items()}
     used["containerd shims"] = sum(_rss_mib(pid) for pid in _shims(layout))
     pods = Path("/sys/fs/cgroup/memory/kubepods/memory.usage_in_bytes")
     if pods.exists():
