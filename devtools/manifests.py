@@ -18,7 +18,7 @@ import yaml
 
 from devtools.control_plane import tool
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "wa-controller"
 MANIFESTS = ROOT / "manifests"
 NAMESPACE = "wa-controller"
