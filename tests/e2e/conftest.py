@@ -66,11 +66,11 @@ def node(request: pytest.FixtureRequest) -> Iterator[Node]:
         pytest.fail(f"the real node did not start:\n{error}", pytrace=False)
     yield Node(running.kubeconfig, running.containerd_socket, built)
     used = cluster.memory(layout)
-    report = request.config.pluginmanager.get_plugin("terminalreporter")
-    if report:
-        parts = ", ".join(f"{name} {mib:.0f}" for name, mib in
-                          sorted(used.items(), key=lambda item: -item[1]))
-        report.write_line(f"\nreal node memory: {sum(used.values()):.0f} MiB ({parts})")
+    parts = ", ".join(f"{name} {mib:.0f}" for name, mib in
+                      sorted(used.items(), key=lambda item: -item[1]))
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # past pytest's capture, onto the terminal
+        print(f"\nreal node memory: {sum(used.values()):.0f} MiB ({parts})", flush=True)
     if not already_up:
         cluster.down(layout)
 
