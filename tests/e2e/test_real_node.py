@@ -72,7 +72,9 @@ def ready_operator(node: Node, *, not_named: str = "") -> dict[str, Any]:
                             check=False)
         return f"{pods}\nthe operator's last crash ended with:\n{logs.stdout}{logs.stderr}"
 
-    return wait_for("one Ready operator pod", probe, timeout=180, explain=explain)
+    what = f"one Ready operator pod other than {not_named}" if not_named else \
+        "one Ready operator pod"
+    return wait_for(what, probe, timeout=180, explain=explain)
 
 
 def accounts(node: Node) -> dict[str, dict[str, Any]]:
@@ -257,13 +259,15 @@ def test_helm_uninstall_removes_everything_but_the_crds(release: Node) -> None:
     assert release.kubectl("get", kinds, "-l", owned, "-o", "name").stdout.strip()
     release.helm("uninstall", RELEASE, "--wait")
 
-    def gone() -> bool:
-        left = release.kubectl("get", kinds, "-l", owned, "-o", "name").stdout.strip()
-        cluster_left = release.kubectl("get", "clusterrole,clusterrolebinding,clusterkopfpeering",
-                                       "-l", owned, "-o", "name").stdout.strip()
-        return not left and not cluster_left and not operator_pods(release)
+    def left() -> str:
+        namespaced = release.kubectl("get", kinds, "-l", owned, "-o", "name").stdout
+        cluster_wide = release.kubectl("get", "clusterrole,clusterrolebinding,clusterkopfpeering",
+                                       "-l", owned, "-o", "name").stdout
+        pods = [p["metadata"]["name"] for p in operator_pods(release)]
+        return (namespaced + cluster_wide + " ".join(pods)).strip()
 
-    wait_for("the release's objects and pods to be gone", gone)
+    wait_for("the release's objects and pods to be gone", lambda: not left(),
+             explain=lambda: f"left behind: {left()}")
     crds = release.kubectl("get", "crd", "-o", "name").stdout
     assert re.search(r"waaccounts\.wa-controller\.io", crds)
     assert "kopfpeerings.kopf.dev" in crds
