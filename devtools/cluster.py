@@ -55,6 +55,11 @@ API_PORT = 6443
 CNI_NETWORK = "wa-node"
 CNI_BIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
 ADMIN_USER = "wa-admin"
+# containerd's registry client goes through this proxy, a closed loopback port: an image
+# that was not imported fails at once and nothing ever leaves the host to pull it.
+NO_REGISTRY = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+               "NO_PROXY": "", "https_proxy": "http://127.0.0.1:9",
+               "http_proxy": "http://127.0.0.1:9", "no_proxy": ""}
 STARTUP_TIMEOUT_S = 120.0
 # Stopped in this order: nothing recreates or reschedules pods while they are deleted.
 STOP_ORDER = ("kube-controller-manager", "kube-scheduler", "kube-proxy", "kubelet",
@@ -287,11 +292,13 @@ class Cluster:
     def server(self) -> str:
         return f"https://{NODE_IP}:{API_PORT}"
 
-    def spawn(self, name: str, argv: list[str | Path]) -> None:
+    def spawn(self, name: str, argv: list[str | Path],
+              env: dict[str, str] | None = None) -> None:
         self.layout.logs.mkdir(parents=True, exist_ok=True)
         with (self.layout.logs / f"{name}.log").open("ab") as out:
             popen = subprocess.Popen([str(a) for a in argv], stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     env={**os.environ, **(env or {})})
         self.pids[name] = popen.pid
         self.started[name] = _start_time(popen.pid)
         _save_pids(self.layout, self.pids, self.started)  # `down` finds them whatever happens
@@ -346,7 +353,8 @@ class Cluster:
 
         # containerd, with the local pause image.
         (layout.root / "containerd.toml").write_text(containerd_config(layout))
-        self.spawn("containerd", ["containerd", f"--config={layout.root / 'containerd.toml'}"])
+        self.spawn("containerd", ["containerd", f"--config={layout.root / 'containerd.toml'}"],
+                   env=NO_REGISTRY)
         self.wait_until("containerd", layout.containerd_socket.exists)
         image.import_image(image.pause_image(), layout.containerd_socket)
 

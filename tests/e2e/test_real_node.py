@@ -243,6 +243,22 @@ def test_a_deleted_operator_pod_restarts_and_reassigns_nothing(release: Node) ->
         assert not samples.get(f'{counter}{{namespace="{NAMESPACE}"}}'), counter
 
 
+def test_an_image_that_was_not_imported_is_never_pulled(release: Node) -> None:
+    release.kubectl("run", "not-imported", "--image=docker.io/library/busybox:1.36",
+                    "--image-pull-policy=IfNotPresent", "--restart=Never")
+
+    def pull_refused() -> str | None:
+        pod = release.json("pod", "not-imported")
+        waiting = pod["status"]["containerStatuses"][0]["state"].get("waiting", {})
+        message = waiting.get("message", "")
+        return message if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff") \
+            else None
+
+    message = wait_for("the pull of a non-imported image to fail", pull_refused, timeout=60)
+    assert "127.0.0.1:9" in message  # containerd's dead-end proxy: nothing left the host
+    release.kubectl("delete", "pod", "not-imported", "--grace-period=0", "--force")
+
+
 def test_helm_upgrade_with_a_changed_setting_rolls_the_operator(release: Node) -> None:
     old = ready_operator(release)["metadata"]["name"]
     release.helm("upgrade", RELEASE, str(ROOT / "helm" / "wa-controller"), "--reuse-values",
