@@ -80,6 +80,9 @@ def release(node: Node) -> Node:
     """The chart installed as the README documents it: a namespace, the Secret with the
     instances' API key, the webhook HMAC secret and the rediscover token, then
     `helm install` with its defaults and the locally imported image."""
+    if node.kubectl("get", "namespace", NAMESPACE, check=False).returncode == 0:
+        pytest.fail(f"namespace {NAMESPACE} is left from an earlier run on this cluster: "
+                    "`hack/cluster down` first", pytrace=False)
     node.api_key = secrets.token_hex(16)
     node.kubectl("create", "namespace", NAMESPACE)
     node.kubectl("create", "secret", "generic", "wa-controller",
