@@ -41,3 +41,38 @@ ensure_postgres() {
       postgresql >/dev/null
   fi
 }
+
+# Debian's tools that build images without Docker: a root filesystem from Debian's
+# packages (debootstrap), OCI layouts (umoci), docker-archives (skopeo), static pause (gcc).
+ensure_image_tools() {
+  _ensure_debian_packages debootstrap umoci skopeo gcc libc6-dev
+}
+
+# The real node's runtime from Debian's packages (hack/cluster): containerd and runc, the
+# CNI plugins, iptables and conntrack for kube-proxy. No service is enabled or started.
+ensure_node_packages() {
+  _ensure_debian_packages containerd runc containernetworking-plugins iptables conntrack \
+    iproute2 util-linux
+}
+
+# _ensure_debian_packages PACKAGE...: apt-get install those not installed yet.
+_ensure_debian_packages() {
+  local missing=() package
+  for package in "$@"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \
+      || missing+=("$package")
+  done
+  ((${#missing[@]})) || return 0
+  local sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+}
+
+# The control plane's and the node's binaries (hack/build-tools --node).
+ensure_node_tools() {
+  WA_TOOLS_BIN=$("$ROOT/hack/build-tools" --node)
+  export WA_TOOLS_BIN
+  export PATH="$WA_TOOLS_BIN:$PATH"
+}
