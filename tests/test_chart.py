@@ -12,6 +12,7 @@ import httpx
 import pytest
 import yaml
 
+from controller.settings import Settings
 from devtools import manifests
 from devtools.control_plane import ControlPlane, free_port, tool
 from devtools.harness import (
@@ -127,6 +128,20 @@ def test_bad_values_are_refused_with_a_message_naming_the_value(helm: Helm) -> N
         result = helm.run("template", RELEASE, str(CHART), *values, check=False)
         assert result.returncode != 0, f"{values} was accepted"
         assert named in result.stderr, f"{values}: {result.stderr}"
+
+
+def test_the_charts_settings_are_settings_the_operator_takes(helm: Helm) -> None:
+    # Helm writes big numbers as floats (16777216 -> 1.6777216e+07): the operator must get
+    # what it parses, or it exits at start (a real node showed it: CrashLoopBackOff).
+    result = helm.run("template", RELEASE, str(CHART))  # values.yaml's numbers are floats
+    [deployment] = [d for d in yaml.safe_load_all(result.stdout)
+                    if d and d.get("kind") == "Deployment"]
+    env = {e["name"]: e["value"] for e in
+           deployment["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e}
+    settings_env = {k.removeprefix("WA_").lower(): v for k, v in env.items()
+                    if k.startswith("WA_")}
+    parsed = Settings(**settings_env)
+    assert parsed.webhook_max_body == 16 << 20
 
 
 def objects(kubectl: Kubectl, kinds: str) -> set[str]:
