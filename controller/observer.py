@@ -245,7 +245,7 @@ class Observer:
         """An event on the instance pod (for what concerns it, not one account)."""
         state = self._pods.get((namespace, pod))
         if state is not None:
-            kopf.event(dict(state.body), type=type_, reason=reason, message=message[:1000])
+            _post(state, type_, reason, message)
 
     def poke_all(self) -> None:
         """Probe every pod now (this replica acts again after standing by)."""
@@ -372,11 +372,10 @@ class Observer:
         logger.info("instance pod %s/%s is %s %s %s", view.namespace, view.name, view.protocol,
                     info.version or "(version unknown)", info.tier or "")
         if info.checks_key is False:
-            kopf.event(dict(state.body), type="Warning", reason="InstanceAcceptsAnyKey",
-                       message=f"the instance ({view.protocol} {info.version or ''} "
-                               f"{info.tier or ''}) accepts any API key: anyone who reaches "
-                               "its port controls its sessions; restrict it with a "
-                               "NetworkPolicy or upgrade it")
+            _post(state, "Warning", "InstanceAcceptsAnyKey",
+                  f"the instance ({view.protocol} {info.version or ''} {info.tier or ''}) "
+                  "accepts any API key: anyone who reaches its port controls its sessions; "
+                  "restrict it with a NetworkPolicy or upgrade it")
         return self._adapter(state, await self.api_key()) or adapter
 
     def _warn(self, state: _PodState, reason: str, message: str) -> None:
@@ -385,7 +384,7 @@ class Observer:
             return
         state.warned = message
         logger.warning("instance pod %s/%s: %s", state.view.namespace, state.view.name, message)
-        kopf.event(dict(state.body), type="Warning", reason=reason, message=message[:1000])
+        _post(state, "Warning", reason, message)
 
     async def _auth_failed(self, state: _PodState, error: InstanceAuthError) -> None:
         view = state.view
@@ -393,12 +392,17 @@ class Observer:
             # One log line and one event per pod and transition: never a storm.
             logger.error("instance pod %s/%s refused the API key (HTTP 401); "
                          "check the Secret named by WA_API_KEY_SECRET", view.namespace, view.name)
-            kopf.event(dict(state.body), type="Warning", reason="InstanceAuthFailed",
-                       message="the instance refused the controller's API key (HTTP 401)")
+            _post(state, "Warning", "InstanceAuthFailed",
+                  "the instance refused the controller's API key (HTTP 401)")
         state.health = PodHealth.AUTH_FAILED
         state.set_inventory({})
         state.last_error = f"auth: {error}"
         await self._api_key.refresh()  # the key may have been fixed: next probe uses it
+
+
+def _post(state: _PodState, type_: str, reason: str, message: str) -> None:
+    """A Kubernetes event on the instance pod (events are short: the message is cut)."""
+    kopf.event(dict(state.body), type=type_, reason=reason, message=message[:1000])
 
 
 def _capacity(state: _PodState) -> int:

@@ -28,7 +28,6 @@ class ApiProxy:
         self.port = free_port()
         self.status_delay = 0.0
         self.held = 0  # status PATCHes that began waiting
-        self.status_patches = 0  # forwarded so far
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="api proxy", daemon=True)
@@ -84,7 +83,6 @@ current-context: proxied
                 and request.path.endswith("/status"):
             self.held += 1
             await asyncio.sleep(self.status_delay)
-            self.status_patches += 1
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         body = await request.read()
         async with upstream.request(request.method, f"{self.plane.server}{request.path_qs}",
