@@ -33,6 +33,14 @@ REDISCOVER_ANNOTATION = PREFIX + "rediscover"  # on accounts: a new value re-pro
 # without a webhook key); guard the webhook port with a NetworkPolicy then.
 WEBHOOK_AUTH_ANNOTATION = PREFIX + "webhook-auth"
 SESSION_METADATA = PREFIX + "session"  # in an instance's session config: whose it is
+# On instance pods: "true" moves its sessions away in waves and places none there.
+DRAIN_ANNOTATION = PREFIX + "drain"
+# On instance pods: pods of one storage group read each other's stored logins (a shared
+# sessions directory, one WAHA store): sessions move only within a group.
+STORAGE_GROUP_ANNOTATION = PREFIX + "storage-group"
+# On accounts: the pod to move the session to (set by `wa-controller rebalance --apply`);
+# removed by the operator once the session runs there.
+MOVE_TO_ANNOTATION = PREFIX + "move-to"
 # Earlier versions put this finalizer on every account (one kopf daemon each); the
 # operator removes it so deletions never wait for it.
 LEGACY_FINALIZER = PREFIX + "finalizer"
@@ -48,6 +56,8 @@ class ConditionType(StrEnum):
 
 # The reason an account that names another (older) account's session is Failed with.
 DUPLICATE_SESSION_ID = "DuplicateSessionId"
+# The Ready reason of an account whose start waits for a start slot on its pod (waves).
+WAITING_FOR_START_SLOT = "WaitingForStartSlot"
 
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -61,6 +71,14 @@ CONDITION_TYPE_PATTERN = (
     r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
 )
 CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+# Kubernetes label syntax: a key is [DNS-subdomain prefix/]name, a name and a value at most
+# 63 characters of letters, digits, '-', '_' and '.', beginning and ending alphanumeric.
+LABEL_NAME_PATTERN = r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]"
+LABEL_PREFIX_PATTERN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+LABEL_KEY_PATTERN = rf"^({LABEL_PREFIX_PATTERN}/)?{LABEL_NAME_PATTERN}$"
+LABEL_VALUE_PATTERN = rf"^({LABEL_NAME_PATTERN})?$"
+LABEL_KEY_MAX = 253 + 1 + 63  # prefix, slash, name
+MAX_SELECTOR_LABELS = 16  # an instance selector names a pool, a region, a tier: a few labels
 
 
 def _cel(rule: str, message: str) -> dict[str, Any]:
@@ -90,6 +108,7 @@ class Phase(StrEnum):
     LOST = "Lost"
     STOPPED = "Stopped"
     FAILED = "Failed"
+    MOVING = "Moving"
 
 
 class WAAccountSpec(_Model):
@@ -149,8 +168,22 @@ class WAAccountSpec(_Model):
         Field(
             description=(
                 "Extra pod labels an instance must carry to hold this session, on top of "
-                "the controller's instance selector (pools, regions, tiers)."
+                "the controller's instance selector (pools, regions, tiers). Keys and "
+                f"values follow the Kubernetes label syntax; at most {MAX_SELECTOR_LABELS} "
+                "labels."
             ),
+            # The API server checks these; the model reads any map, so that an account
+            # stored before the rules (or past them) is reported as InvalidSelector.
+            json_schema_extra={
+                "maxProperties": MAX_SELECTOR_LABELS,
+                "additionalProperties": {"type": "string", "maxLength": 63,
+                                         "pattern": LABEL_VALUE_PATTERN},
+                **_cel(f"self.all(k, size(k) <= {LABEL_KEY_MAX} && "
+                       f"k.matches('{LABEL_KEY_PATTERN}'))",
+                       "instanceSelector keys must be label keys: an optional DNS-subdomain "
+                       "prefix and '/', then a name of at most 63 letters, digits, '-', '_' "
+                       "or '.', beginning and ending with a letter or digit"),
+            },
         ),
     ] = None
 
@@ -244,7 +277,8 @@ class WAAccountStatus(_Model):
         Field(
             description=(
                 "Pending (no healthy instance with room), Starting (placed, session not "
-                "yet running), Pairing (waiting for a QR scan), Connected, Lost (found "
+                "yet running), Pairing (waiting for a QR scan), Connected, Moving (being "
+                "moved to another pod: stopped there, started on the new one), Lost (found "
                 "nowhere, needs a human), Stopped or Failed."
             ),
         ),
@@ -268,6 +302,16 @@ class WAAccountStatus(_Model):
     message: Annotated[
         str | None,
         Field(description="Human-readable explanation of the current phase."),
+    ] = None
+    storage_group: Annotated[
+        str | None,
+        Field(
+            description=(
+                "The storage group of the pod the session last ran on (pods that read each "
+                "other's stored logins): it is restarted or moved only within that group, "
+                "where its stored login can be read."
+            ),
+        ),
     ] = None
     start_attempts: Annotated[
         int | None,

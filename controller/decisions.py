@@ -8,13 +8,14 @@ own output changes nothing: writes happen only when something changed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
 from controller.api import (
     DUPLICATE_SESSION_ID,
+    WAITING_FOR_START_SLOT,
     ConditionType,
     DesiredState,
     InstanceRef,
@@ -23,11 +24,14 @@ from controller.api import (
     WAAccountStatus,
     set_condition,
 )
-from controller.fleet import PodHealth, PodSnapshot, least_loaded, matches
+from controller.fleet import PodHealth, PodSnapshot, least_loaded, matches, selector_problem
 from controller.instances import ObservedSession, SessionState
 
 ASSIGNED = ConditionType.ASSIGNED
 READY = ConditionType.READY
+# The events of what an observe-only operator would have done.
+WOULD_PLACE, WOULD_RESTART, WOULD_STOP = "WouldPlace", "WouldRestart", "WouldStop"
+WAVES = "(starts go in waves; a wait is not a failed attempt)"
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,11 @@ class Policy:
     max_start_attempts: int = 3
     # How soon to look again while a copy of a session is being confirmed by a new probe.
     confirm_after: timedelta = timedelta(seconds=1)
+    # Beside an existing system: observe and record, never start or stop a session; every
+    # start or stop decided is said instead (events WouldPlace, WouldRestart, WouldStop).
+    observe_only: bool = False
+    # How soon a move waiting for room looks again (a pod may have been added or emptied).
+    move_retry: timedelta = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -61,12 +70,29 @@ class Account:
     # The pod a start call for this session is on its way to (the shell's single flight):
     # while it runs nothing else is started, stopped or judged for the session.
     start_in_flight: str | None = None
+    # Its place in line while that start waits for a start slot (the shell's waves).
+    start_waiting: int | None = None
+    # Pods where a start decided now would wait: pod -> the place it would take.
+    start_lines: Mapping[str, int] = field(default_factory=dict)
     # When the instance accepted the last start: the start grace counts from then.
     start_accepted_at: datetime | None = None
     # The last start an instance refused or failed, in its own words.
     call_failure: CallFailure | None = None
     # The older account of the namespace that names the same session, which keeps it.
     duplicate_of: str | None = None
+    # The pod the session is asked to move to (a rebalance), if any.
+    move_to: str | None = None
+    # A move under way (kept by the shell): the pod the session was stopped on, and when
+    # that pod accepted the stop. Its start elsewhere waits for a probe to confirm it.
+    moving_from: MoveStart | None = None
+    # Whether another move may begin now (the shell's waves: a few moves at a time).
+    may_move: bool = True
+
+
+@dataclass(frozen=True)
+class MoveStart:
+    pod: str
+    stopped_at: datetime
 
 
 @dataclass(frozen=True)
@@ -159,7 +185,16 @@ class _Draft:
     def event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
         self.events.append(Event(type_, reason, message))
 
+    def stop(self, pod: str, policy: Policy) -> None:
+        """Stop the session on `pod`, or, observing only, say it would be."""
+        if policy.observe_only:
+            self.event("Normal", WOULD_STOP, f"observe-only: would stop session "
+                       f"{self.account.spec.session_id} on {pod}")
+        else:
+            self.actions.append(StopSession(pod))
+
     def assign(self, pod: PodSnapshot) -> None:
+        self.status.storage_group = pod.view.storage_group
         current = self.status.instance
         if current is None or current.pod != pod.name or current.url != pod.view.url:
             assigned_at = current.assigned_at if current and current.pod == pod.name else self.now
@@ -183,7 +218,7 @@ def decide(
         _duplicate(draft, account.duplicate_of)
         return draft.decision()
     if account.start_in_flight is not None:
-        _start_in_flight(draft, account.start_in_flight)
+        _start_in_flight(draft, account.start_in_flight, account.start_waiting)
         return draft.decision()
     holders = sorted(
         (p for p in fleet if p.trusted and session in p.sessions),
@@ -195,8 +230,14 @@ def decide(
             p.name,
         ),
     )
-    if account.spec.desired_state is DesiredState.STOPPED:
-        _stop(draft, holders)
+    running = [p for p in holders if p.sessions[session].state is not SessionState.STOPPED]
+    if account.spec.desired_state is DesiredState.STOPPED and (
+            running and policy.observe_only):
+        for pod in running:  # it runs: record where, and say it would be stopped
+            draft.stop(pod.name, policy)
+        _observed(draft, holders, fleet, policy)
+    elif account.spec.desired_state is DesiredState.STOPPED:
+        _stop(draft, holders, running)
     elif holders:
         _observed(draft, holders, fleet, policy)
     else:
@@ -219,13 +260,30 @@ def _duplicate(draft: _Draft, older: str) -> None:
     draft.condition(READY, "False", DUPLICATE_SESSION_ID, message)
 
 
-def _start_in_flight(draft: _Draft, pod: str) -> None:
+def _start_in_flight(draft: _Draft, pod: str, waiting: int | None) -> None:
     """A start is on its way: the instance lists the session (blazz: `qr_scanning`) before
-    it answers, which is not yet Pairing; decide once the call returned."""
+    it answers, which is not yet Pairing; decide once the call returned. A start still
+    waiting for its slot says so."""
     if draft.account.spec.desired_state is DesiredState.STOPPED:
         return  # stopped once the start has returned, never half-way
+    if waiting is not None:
+        _waiting_for_slot(draft, pod, waiting)
+        return
     draft.phase(Phase.STARTING, f"asked {pod} to start the session")
     draft.condition(READY, "False", "SessionStarting", f"waiting for {pod} to start it")
+
+
+def _waiting_for_slot(draft: _Draft, pod: str, place: int) -> None:
+    """Starting, its start in line on `pod`. The place is said when the wait begins and
+    not rewritten as the line moves (a write per step would be a write per start ahead)."""
+    ready = next((c for c in draft.status.conditions if c.type == READY), None)
+    if draft.status.phase is Phase.STARTING and ready is not None and \
+            ready.reason == WAITING_FOR_START_SLOT and ready.message.endswith(
+                f"slot on {pod} {WAVES}"):
+        return  # said already
+    draft.phase(Phase.STARTING, f"waiting for a start slot on {pod}")
+    draft.condition(READY, "False", WAITING_FOR_START_SLOT,
+                    f"number {place} in line for a start slot on {pod} {WAVES}")
 
 
 def _recorded_pod(account: Account) -> str | None:
@@ -233,9 +291,8 @@ def _recorded_pod(account: Account) -> str | None:
     return instance.pod if instance else None
 
 
-def _stop(draft: _Draft, holders: list[PodSnapshot]) -> None:
+def _stop(draft: _Draft, holders: list[PodSnapshot], running: list[PodSnapshot]) -> None:
     session = draft.account.spec.session_id
-    running = [p for p in holders if p.sessions[session].state is not SessionState.STOPPED]
     draft.actions.extend(StopSession(p.name) for p in running)
     if running and draft.account.status.phase is not Phase.STOPPED:
         draft.event("Normal", "Stopping", f"asked {', '.join(p.name for p in running)} to stop")
@@ -259,12 +316,13 @@ def _observed(
         # Only a copy seen just now is stopped: a failing pod's memory may be stale.
         if (duplicate.health is PodHealth.OK
                 and duplicate.sessions[session].state is not SessionState.STOPPED):
-            draft.actions.append(StopSession(duplicate.name))
             draft.event(
                 "Warning", "DuplicateSession",
-                f"session {session} also runs on {duplicate.name}: stopping it there, "
+                f"session {session} also runs on {duplicate.name}: "
+                f"{'would stop' if policy.observe_only else 'stopping'} it there, "
                 f"keeping {keeper.name}",
             )
+            draft.stop(duplicate.name, policy)
 
     previous = _recorded_pod(draft.account)
     if previous is not None and previous != keeper.name:
@@ -284,6 +342,8 @@ def _observed(
     if state is SessionState.WORKING:
         draft.phase(Phase.CONNECTED, f"session is working on {keeper.name}")
         draft.condition(READY, "True", "SessionWorking", said)
+        if keeper.view.draining or draft.account.move_to not in (None, keeper.name):
+            _move(draft, keeper, fleet, policy)
     elif state is SessionState.PAIRING:
         draft.phase(Phase.PAIRING, f"waiting for a QR code scan on {keeper.name}")
         draft.condition(READY, "False", "WaitingForQRScan", said)
@@ -347,6 +407,9 @@ def _nowhere(draft: _Draft, fleet: Sequence[PodSnapshot], policy: Policy) -> Non
         # A running pod not asked yet may hold the session: "nowhere" is not known yet.
         draft.recheck_after = policy.confirm_after
         return
+    if account.moving_from is not None and account.status.phase is Phase.MOVING:
+        _moved_off(draft, fleet, policy, account.moving_from)  # once: then it is Starting
+        return
     failure = account.call_failure
     if failure is not None and (left := _grace_left(failure.at, policy, draft.now)) is not None:
         # The last start was refused: say why, and try again (elsewhere if possible) later.
@@ -406,29 +469,44 @@ def _recover(
         draft.condition(READY, "False", "Lost", f"gave up after {attempts} starts")
         return
 
-    candidates = [p for p in fleet if matches(p.view.labels, account.spec.instance_selector)]
+    # A session that ran before has stored auth to restore instead of a QR code to scan.
+    resume = observed is not None or status.instance is not None or bool(status.session_status)
+    invalid = selector_problem(account.spec.instance_selector)
+    candidates = [] if invalid else [
+        p for p in fleet if matches(p.view.labels, account.spec.instance_selector)]
+    group = status.storage_group if resume else None
+    if group is not None and any(p.view.storage_group == group for p in candidates):
+        # Where its stored login can be read (with none of its group left, anywhere: it
+        # will need a QR scan there).
+        candidates = [p for p in candidates if p.view.storage_group == group]
     eligible = [p for p in candidates if p.eligible]
     if account.call_failure is not None:  # a pod that just refused: another one if any
         eligible = [p for p in eligible if p.name != account.call_failure.pod] or eligible
     if restart_on is not None and restart_on.view.ready and restart_on.health is PodHealth.OK:
         target = restart_on  # it has the session's auth: restart in place
+    elif preferred := [p for p in eligible if p.name == account.move_to]:
+        target = preferred[0]
     elif eligible:
         target = least_loaded(eligible)
     else:
-        reason = "; ".join(f"{p.name}: {p.why_not_eligible()}" for p in candidates)
-        message = f"no eligible instance pod ({reason})" if candidates else (
-            "no instance pod matches the selector"
-        )
+        if invalid:
+            reason, message = "InvalidSelector", invalid
+        elif candidates:
+            why = "; ".join(f"{p.name}: {p.why_not_eligible()}" for p in candidates)
+            reason, message = "NoEligibleInstance", f"no eligible instance pod ({why})"
+        else:
+            reason, message = "NoMatchingInstance", "no instance pod matches the selector"
         if draft.status.phase is not Phase.PENDING:
-            draft.event("Warning", "NoEligibleInstance", message)
+            draft.event("Warning", reason, message)
         draft.status.instance = None
         draft.phase(Phase.PENDING, message)
-        draft.condition(ASSIGNED, "False", "NoEligibleInstance", message)
+        draft.condition(ASSIGNED, "False", reason, message)
         draft.condition(READY, "False", "NotPlaced", "the session is not placed on any instance")
         return
 
-    # A session that ran before has stored auth to restore instead of a QR code to scan.
-    resume = observed is not None or status.instance is not None or bool(status.session_status)
+    if policy.observe_only:
+        _would_start(draft, target, restarting=target is restart_on)
+        return
     draft.actions.append(StartSession(target.name, resume=resume))
     draft.status.start_attempts = attempts + 1
     draft.status.last_start_time = draft.now
@@ -440,6 +518,77 @@ def _recover(
         f"(load {target.load}/{target.capacity}, attempt {attempts + 1})",
     )
     draft.assign(target)
-    draft.phase(Phase.STARTING, f"asked {target.name} to start the session")
     draft.condition(ASSIGNED, "True", "Placed", f"placed on {target.name}")
-    draft.condition(READY, "False", "SessionStarting", f"waiting for {target.name} to start it")
+    if place := account.start_lines.get(target.name):
+        _waiting_for_slot(draft, target.name, place)
+    else:
+        draft.phase(Phase.STARTING, f"asked {target.name} to start the session")
+        draft.condition(READY, "False", "SessionStarting",
+                        f"waiting for {target.name} to start it")
+
+
+def _would_start(draft: _Draft, target: PodSnapshot, *, restarting: bool) -> None:
+    """Observing only: record that the session runs nowhere (or failed where it is) and
+    say where it would be started; count no attempt."""
+    session = draft.account.spec.session_id
+    verb, reason = ("restart", WOULD_RESTART) if restarting else ("place", WOULD_PLACE)
+    message = f"observe-only: would {verb} session {session} on {target.name}"
+    if draft.status.message != message:
+        draft.event("Normal", reason, message)
+    if restarting:
+        draft.phase(Phase.FAILED, message)
+        draft.condition(READY, "False", "ObserveOnly", message)
+        return
+    draft.status.instance = None
+    draft.phase(Phase.PENDING, message)
+    draft.condition(ASSIGNED, "False", "ObserveOnly", message)
+    draft.condition(READY, "False", "NotPlaced", "the session is not placed on any instance")
+
+
+def _move(draft: _Draft, keeper: PodSnapshot, fleet: Sequence[PodSnapshot],
+          policy: Policy) -> None:
+    """Move a working session off a draining pod, or to the pod a rebalance chose: stop it
+    here first (never two live copies); once a probe shows it gone, it is started on the
+    least-loaded eligible pod of the same storage group. Waits, saying why, while no such
+    pod has room or another move must finish first."""
+    account = draft.account
+    session = account.spec.session_id
+    group = keeper.view.storage_group
+    targets = [p for p in fleet if p.eligible and p.name != keeper.name
+               and p.view.storage_group == group
+               and matches(p.view.labels, account.spec.instance_selector)]
+    why = "drain" if keeper.view.draining else "rebalance"
+    if not targets:
+        draft.phase(Phase.CONNECTED, f"session is working on {keeper.name}; its move ({why}) "
+                    f"waits for room in storage group {group}")
+        draft.recheck_after = policy.move_retry
+        return
+    target = next((p for p in targets if p.name == account.move_to), None) or \
+        least_loaded(targets)
+    if not account.may_move:
+        draft.phase(Phase.CONNECTED, f"session is working on {keeper.name}; its move ({why}) "
+                    "waits for its turn (a few moves at a time)")
+        return
+    draft.stop(keeper.name, policy)
+    if policy.observe_only:  # said as WouldStop; the session stays where it is
+        return
+    draft.event("Normal", "Moving", f"moving session {session} from {keeper.name} to "
+                f"{target.name} ({why}): stopping it on {keeper.name} first")
+    draft.phase(Phase.MOVING, f"moving from {keeper.name} to {target.name}: stopping it on "
+                f"{keeper.name}")
+    draft.condition(READY, "False", "Moving",
+                    f"stopped on {keeper.name} to be started on {target.name} ({why})")
+
+
+def _moved_off(draft: _Draft, fleet: Sequence[PodSnapshot], policy: Policy,
+               move: MoveStart) -> None:
+    """A session stopped for a move shows nowhere: start it on its new pod once the old
+    one was asked again after the stop (so no probe can see two copies)."""
+    source = next((p for p in fleet if p.name == move.pod), None)
+    if source is not None and source.trusted and (
+            source.observed_at is None or source.observed_at <= move.stopped_at):
+        draft.actions.append(ProbePod(source.name))
+        draft.recheck_after = policy.confirm_after
+        draft.phase(Phase.MOVING, f"waiting for {move.pod} to confirm the session stopped")
+        return
+    _recover(draft, fleet, policy, restart_on=None, observed=None)

@@ -6,6 +6,7 @@ functions of their inputs, so the decision code can be tested without a cluster.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -15,8 +16,14 @@ from typing import Any
 
 from controller.api import (
     CAPACITY_ANNOTATION,
+    DRAIN_ANNOTATION,
+    LABEL_KEY_MAX,
+    LABEL_KEY_PATTERN,
+    LABEL_VALUE_PATTERN,
+    MAX_SELECTOR_LABELS,
     PORT_ANNOTATION,
     PROTOCOL_ANNOTATION,
+    STORAGE_GROUP_ANNOTATION,
     WEBHOOK_AUTH_ANNOTATION,
 )
 from controller.instances import ObservedSession, SessionState
@@ -30,6 +37,7 @@ class InstanceDefaults:
     port: int = 3000
     capacity: int = 50
     url_template: str = "http://{ip}:{port}"
+    storage_group: str = "shared"  # pods without the annotation share their stored logins
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,10 @@ class PodView:
     url: str | None
     problem: str | None = None  # why the pod's annotations could not be used
     trusts_source_address: bool = False  # its unsigned webhooks are taken by its IP alone
+    storage_group: str = "shared"  # sessions move only between pods of one group
+    # Its sessions are moved away and none placed there: annotated, or being deleted with
+    # a grace period (a rolling update), which leaves time to move them.
+    draining: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
@@ -115,6 +127,9 @@ def pod_view(
         url=url,
         problem=problem,
         trusts_source_address=annotations.get(WEBHOOK_AUTH_ANNOTATION) == "source-address",
+        storage_group=annotations.get(STORAGE_GROUP_ANNOTATION) or defaults.storage_group,
+        draining=annotations.get(DRAIN_ANNOTATION, "").lower() == "true"
+        or bool(metadata.get("deletionTimestamp") and metadata.get("deletionGracePeriodSeconds")),
     )
 
 
@@ -166,6 +181,7 @@ class PodSnapshot:
         return (
             self.view.ready
             and not self.view.terminating
+            and not self.view.draining
             and self.view.url is not None
             and self.health is PodHealth.OK
             and self.load < self.capacity
@@ -177,6 +193,8 @@ class PodSnapshot:
             return view.problem
         if view.terminating:
             return "terminating"
+        if view.draining:
+            return "draining"
         if not view.ready:
             return "not Ready"
         if view.url is None:
@@ -186,6 +204,26 @@ class PodSnapshot:
         if self.load >= self.capacity:
             return f"full ({self.load}/{self.capacity})"
         return "eligible"
+
+
+_LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
+_LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN)
+
+
+def selector_problem(selector: Mapping[str, str] | None) -> str | None:
+    """Why an account's instanceSelector cannot select pods (the label syntax and sizes the
+    API server enforces), or None when it can. Only the first problem is named."""
+    if not selector:
+        return None
+    if len(selector) > MAX_SELECTOR_LABELS:
+        return f"instanceSelector has {len(selector)} labels; at most {MAX_SELECTOR_LABELS}"
+    for key, value in selector.items():
+        shown = key if len(key) <= 80 else f"{key[:80]}... ({len(key)} characters)"
+        if len(key) > LABEL_KEY_MAX or not _LABEL_KEY.match(key):
+            return f"instanceSelector key {shown!r} is not a label key"
+        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+            return f"instanceSelector value of {shown!r} is not a label value"
+    return None
 
 
 def matches(labels: Mapping[str, str], selector: Mapping[str, str] | None) -> bool:

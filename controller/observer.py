@@ -13,15 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
-
-import kopf
+from typing import Any, Literal
 
 from controller import metrics
 from controller.clock import Clock, SystemClock
+from controller.events import EventRecorder
 from controller.fleet import InstanceDefaults, PodHealth, PodSnapshot, PodView, pod_view
 from controller.instances import (
     PROTOCOLS,
@@ -57,6 +57,7 @@ class _PodState:
     failures: int = 0
     pending: dict[str, float] = field(default_factory=dict)  # session -> expiry (monotonic)
     poke: asyncio.Event = field(default_factory=asyncio.Event)
+    urgent: asyncio.Event = field(default_factory=asyncio.Event)  # now, whatever the gap
     probed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     last_error: str | None = None
@@ -89,9 +90,13 @@ class Observer:
         pending_ttl: float,
         active: asyncio.Event,
         timeouts: CallTimeouts | None = None,
+        events: EventRecorder,
         clock: Clock | None = None,
+        starts_in_flight: int = 64,
     ) -> None:
         self._http = http
+        self._events = events
+        self._start_http = http.lane(starts_in_flight)
         self._api_key = api_key
         self._defaults = defaults
         self._interval = interval
@@ -113,9 +118,7 @@ class Observer:
         view = pod_view(body, self._defaults, tuple(PROTOCOLS))
         state = self._pods.get(view.key)
         if event_type == "DELETED":
-            for gauge in (metrics.INSTANCE_SESSIONS, metrics.INSTANCE_CAPACITY):
-                with contextlib.suppress(KeyError):
-                    gauge.remove(view.namespace, view.name)
+            metrics.instance_gone(view.namespace, view.name)
             if state is not None:
                 if state.task:
                     state.task.cancel()
@@ -175,11 +178,15 @@ class Observer:
                                   >= warmup)
             for (ns, _), s in self._pods.items() if ns == namespace)
 
-    def reserve(self, namespace: str, pod: str, session: str) -> None:
-        """Count a placement on the pod until it is observed there (or the grace ends)."""
+    def reserve(self, namespace: str, pod: str, session: str, *, in_flight: bool = False
+                ) -> None:
+        """Count a placement on the pod until it is observed there, or until the grace
+        after its start ends; while its start is `in_flight` (waiting for a start slot,
+        or launching) however long that takes."""
         state = self._pods.get((namespace, pod))
         if state is not None and session not in state.inventory:  # else counted already
-            state.pending[session] = self._clock.monotonic() + self._pending_ttl
+            state.pending[session] = math.inf if in_flight else \
+                self._clock.monotonic() + self._pending_ttl
             state.poke.set()
 
     def release(self, namespace: str, pod: str, session: str) -> None:
@@ -214,7 +221,8 @@ class Observer:
             async with state.finished_changed:
                 await state.finished_changed.wait_for(lambda: state.finished >= target)
 
-        for state, _ in targets:
+        for state, _ in targets:  # someone waits for the answer: not held by the gap
+            state.urgent.set()
             state.poke.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within):
@@ -224,16 +232,19 @@ class Observer:
         """Every instance pod known, as the API server describes it."""
         return [state.view for state in self._pods.values()]
 
-    def adapter(self, namespace: str, pod: str, api_key: str) -> InstanceAdapter | None:
+    def adapter(self, namespace: str, pod: str, api_key: str, *, starting: bool = False
+                ) -> InstanceAdapter | None:
+        """A client for the pod; `starting`: on the starts' own connection budget."""
         state = self._pods.get((namespace, pod))
-        return None if state is None else self._adapter(state, api_key)
+        return None if state is None else self._adapter(state, api_key, starting=starting)
 
-    def _adapter(self, state: _PodState, api_key: str) -> InstanceAdapter | None:
+    def _adapter(self, state: _PodState, api_key: str, *, starting: bool = False
+                 ) -> InstanceAdapter | None:
         view = state.view
         if view.url is None or view.problem:
             return None
-        return build_adapter(view.protocol, self._http, view.url, api_key, info=state.info,
-                             timeouts=self._timeouts)
+        return build_adapter(view.protocol, self._start_http if starting else self._http,
+                             view.url, api_key, info=state.info, timeouts=self._timeouts)
 
     async def api_key(self) -> str:
         return await self._api_key.get() or ""
@@ -241,11 +252,12 @@ class Observer:
     def namespaces(self) -> set[str]:
         return {ns for ns, _ in self._pods}
 
-    def event(self, namespace: str, pod: str, type_: str, reason: str, message: str) -> None:
+    def event(self, namespace: str, pod: str, type_: Literal["Normal", "Warning"],
+              reason: str, message: str) -> None:
         """An event on the instance pod (for what concerns it, not one account)."""
         state = self._pods.get((namespace, pod))
         if state is not None:
-            _post(state, type_, reason, message)
+            self._post(state, type_, reason, message)
 
     def poke_all(self) -> None:
         """Probe every pod now (this replica acts again after standing by)."""
@@ -261,6 +273,7 @@ class Observer:
             if state is None:
                 return
             state.poke.clear()
+            state.urgent.clear()
             state.started += 1
             state.last_probe = self._clock.monotonic()
             if state.first_probe_at is None:
@@ -275,9 +288,13 @@ class Observer:
                 async with asyncio.timeout(self._interval):
                     await state.poke.wait()
             # "At once", but at most one probe per pod per MIN_PROBE_GAP: a burst of
-            # placements on a pod costs one inventory read, not one per placement.
-            await asyncio.sleep(max(0.0, state.last_probe + MIN_PROBE_GAP
-                                    - self._clock.monotonic()))
+            # placements on a pod costs one inventory read, not one per placement. A
+            # rediscovery waits for its answer: it goes at once (and shares the probe).
+            gap = state.last_probe + MIN_PROBE_GAP - self._clock.monotonic()
+            if gap > 0 and not state.urgent.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(gap):
+                        await state.urgent.wait()
 
     async def _probe(self, state: _PodState) -> None:
         view = state.view
@@ -345,7 +362,11 @@ class Observer:
         """Metrics for the pod, and `notify` of what its probe changed."""
         view = state.view
         metrics.INSTANCE_SESSIONS.labels(view.namespace, view.name).set(len(state.inventory))
+        metrics.DRAINING_SESSIONS.labels(view.namespace, view.name).set(
+            state.running if view.draining else 0)
         metrics.INSTANCE_CAPACITY.labels(view.namespace, view.name).set(_capacity(state))
+        metrics.instance_probed(view.namespace, view.name, view.protocol, state.health,
+                                self._clock.now().timestamp())
         changed = _changed(before_inventory, state.inventory)
         if state.health is not before_health:
             logger.info("instance pod %s/%s is %s (was %s)", view.namespace, view.name,
@@ -372,11 +393,16 @@ class Observer:
         logger.info("instance pod %s/%s is %s %s %s", view.namespace, view.name, view.protocol,
                     info.version or "(version unknown)", info.tier or "")
         if info.checks_key is False:
-            _post(state, "Warning", "InstanceAcceptsAnyKey",
+            self._post(state, "Warning", "InstanceAcceptsAnyKey",
                   f"the instance ({view.protocol} {info.version or ''} {info.tier or ''}) "
                   "accepts any API key: anyone who reaches its port controls its sessions; "
                   "restrict it with a NetworkPolicy or upgrade it")
         return self._adapter(state, await self.api_key()) or adapter
+
+    def _post(self, state: _PodState, type_: Literal["Normal", "Warning"], reason: str,
+              message: str) -> None:
+        """A Kubernetes event on the instance pod."""
+        self._events.record(state.body, type_, reason, message)
 
     def _warn(self, state: _PodState, reason: str, message: str) -> None:
         """One Warning event on the pod per change of what is wrong, never a storm."""
@@ -384,7 +410,7 @@ class Observer:
             return
         state.warned = message
         logger.warning("instance pod %s/%s: %s", state.view.namespace, state.view.name, message)
-        _post(state, "Warning", reason, message)
+        self._post(state, "Warning", reason, message)
 
     async def _auth_failed(self, state: _PodState, error: InstanceAuthError) -> None:
         view = state.view
@@ -392,7 +418,7 @@ class Observer:
             # One log line and one event per pod and transition: never a storm.
             logger.error("instance pod %s/%s refused the API key (HTTP 401); "
                          "check the Secret named by WA_API_KEY_SECRET", view.namespace, view.name)
-            _post(state, "Warning", "InstanceAuthFailed",
+            self._post(state, "Warning", "InstanceAuthFailed",
                   "the instance refused the controller's API key (HTTP 401)")
         state.health = PodHealth.AUTH_FAILED
         state.set_inventory({})
@@ -400,9 +426,6 @@ class Observer:
         await self._api_key.refresh()  # the key may have been fixed: next probe uses it
 
 
-def _post(state: _PodState, type_: str, reason: str, message: str) -> None:
-    """A Kubernetes event on the instance pod (events are short: the message is cut)."""
-    kopf.event(dict(state.body), type=type_, reason=reason, message=message[:1000])
 
 
 def _capacity(state: _PodState) -> int:

@@ -13,33 +13,51 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import gc
+import json
 import logging
 import random
+import sys
 from collections import defaultdict
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-import kopf
 from pydantic import ValidationError
 
 from controller import metrics
-from controller.api import LEGACY_FINALIZER, REDISCOVER_ANNOTATION, WAAccountSpec, WAAccountStatus
+from controller.api import (
+    API_VERSION,
+    KIND,
+    LEGACY_FINALIZER,
+    MOVE_TO_ANNOTATION,
+    REDISCOVER_ANNOTATION,
+    WAITING_FOR_START_SLOT,
+    Phase,
+    WAAccountSpec,
+    WAAccountStatus,
+)
 from controller.clock import Clock, SystemClock
 from controller.decisions import (
+    WOULD_PLACE,
+    WOULD_RESTART,
+    WOULD_STOP,
     Account,
     CallFailure,
     Decision,
     Event,
+    MoveStart,
     Policy,
     ProbePod,
     StartSession,
+    StopSession,
     decide,
 )
+from controller.events import EventRecorder
 from controller.fleet import PodHealth, PodSnapshot
 from controller.instances import (
-    InstanceAdapter,
     InstanceError,
     InstanceRefused,
     SessionRequest,
@@ -48,15 +66,21 @@ from controller.instances import (
 from controller.kube import Kube
 from controller.observer import Observer
 from controller.peering import PeeringGate
+from controller.starts import StartSlots
 from controller.workqueue import Backoff, WorkQueue
 
 logger = logging.getLogger("wa_controller.reconciler")
 T = TypeVar("T")
+WOULD_ACT = {WOULD_PLACE: "place", WOULD_RESTART: "restart", WOULD_STOP: "stop"}
 EVENT_COUNTERS = {"Placed": metrics.PLACEMENTS, "Reassigned": metrics.REASSIGNMENTS,
                   "Lost": metrics.LOSSES}
 DELETED_WATCH = 600.0  # seconds a deleted account's session is looked for to be stopped
 WARMUP_RECHECK = 0.5  # seconds between looks while the namespace's pods are first probed
 CONFLICT_RECHECK = 1.0  # a lost write race: the fresh object's event usually comes first
+# Seconds a version whose write was refused is not written again: the newer object's watch
+# event brings the account back (a watch that lags behind must not make a conflict a loop).
+CONFLICT_PATIENCE = 10.0
+GC_AFTER_PASSES = 2000  # reconcile passes between two full garbage collections
 
 
 def status_patch(old: Mapping[str, Any], new: WAAccountStatus) -> dict[str, Any]:
@@ -65,24 +89,22 @@ def status_patch(old: Mapping[str, Any], new: WAAccountStatus) -> dict[str, Any]
     return {**{key: None for key in old if key not in wanted}, **wanted}
 
 
-def compact(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the shell keeps of a WAAccount: no managedFields, no other annotations."""
-    metadata = body.get("metadata") or {}
-    kept = {key: metadata[key] for key in ("name", "namespace", "uid", "resourceVersion",
-                                           "generation", "creationTimestamp") if key in metadata}
-    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept,
-            "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}
-
-
-@dataclass
+@dataclass(slots=True)
 class AccountRecord:
-    """Everything the shell remembers of one account, in one place."""
+    """Everything the shell remembers of one account, in one place, and compactly: of the
+    newest object the watch delivered, only what decisions read, spec and status as JSON
+    text (parsed, they took ~4 KB per account; at 10,000 accounts that is 40 MB)."""
 
     uid: str
     namespace: str
     name: str
     session: str
-    body: dict[str, Any]  # the newest object the watch delivered (compacted)
+    version: str = ""  # the object's resourceVersion: status writes are guarded by it
+    generation: int = 0
+    created: str = ""  # creationTimestamp: of two accounts naming one session, the older wins
+    document: str = "{}"  # {"spec": ..., "status": ...} as JSON text
+    pod: str | None = None  # status.instance.pod and status.phase, read at every pod change
+    phase: str | None = None
     missing_since: datetime | None = None  # since when no pod shows the session
     duplicate_since: datetime | None = None  # since when more than one pod shows it
     failed_since: datetime | None = None  # since when the copies show failed
@@ -90,6 +112,33 @@ class AccountRecord:
     call_failure: CallFailure | None = None  # the last start an instance refused
     rediscover_mark: str | None = None  # the rediscover annotation's value last seen
     failing: str | None = None  # why the last pass failed (logged once per change)
+    refused: tuple[str, float] | None = None  # (resourceVersion, when) a write was refused at
+    move_to: str | None = None  # the rebalance's move-to annotation, when set
+    moving_from: MoveStart | None = None  # a move's stop was accepted here, then
+    told: frozenset[Event] = frozenset()  # observe-only: the events of the last pass
+    start_ticket: tuple[str, int] | None = None  # (pod, ticket) of a start waiting its turn
+
+    def keep(self, body: Mapping[str, Any]) -> None:
+        """Remember the newest object the watch delivered."""
+        metadata = body.get("metadata") or {}
+        spec, status = body.get("spec") or {}, body.get("status") or {}
+        self.version = str(metadata.get("resourceVersion", ""))
+        self.generation = int(metadata.get("generation") or 0)
+        self.created = sys.intern(str(metadata.get("creationTimestamp", "")))  # often shared
+        self.document = json.dumps({"spec": spec, "status": status}, separators=(",", ":"))
+        self.pod = _interned((status.get("instance") or {}).get("pod"))
+        self.phase = _interned(status.get("phase"))
+        self.move_to = (metadata.get("annotations") or {}).get(MOVE_TO_ANNOTATION)
+
+    def content(self) -> dict[str, Any]:
+        """The object's spec and status, parsed anew (decisions never change them)."""
+        content: dict[str, Any] = json.loads(self.document)
+        return content
+
+    def reference(self) -> dict[str, Any]:
+        """What an event about the account needs of it."""
+        return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {
+            "name": self.name, "namespace": self.namespace, "uid": self.uid}}
 
 
 class Reconciler:
@@ -99,9 +148,12 @@ class Reconciler:
         gate: PeeringGate | None = None, clock: Clock | None = None,
         backoff: Backoff | None = None, namespaces: list[str] | None = None,
         sweep_interval: float = 30.0, stop_unmanaged: bool = False,
+        moves_in_flight: int = 4, starts_per_pod: int = 3, starts_in_flight: int = 64,
+        start_spacing: float = 0.0, events: EventRecorder,
     ) -> None:
         self._observer = observer
         self._kube = kube
+        self._events = events
         self._policy = policy
         self._resync_interval = resync_interval
         self._warmup_timeout = warmup_timeout
@@ -115,26 +167,34 @@ class Reconciler:
         self._by_session: dict[tuple[str, str], set[str]] = defaultdict(set)
         # Single flight: (namespace, session) -> the pod a start call is on its way to.
         self._starting: dict[tuple[str, str], str] = {}
+        self._start_slots = StartSlots(starts_per_pod, starts_in_flight, self._spawn,
+                                       spacing=start_spacing, clock=self._clock)
         self._unfinalizing: set[str] = set()
         # Sessions of deleted accounts, stopped wherever a sweep finds them:
         # (namespace, session) -> (workspace, when to stop looking).
         self._deleted: dict[tuple[str, str], tuple[str | None, float]] = {}
         self._unmanaged: dict[tuple[str, str], frozenset[str]] = {}  # (ns, pod) -> reported
         self._stopping: set[tuple[str, str, str]] = set()  # (ns, pod, session) in flight
+        self._would_stop: set[tuple[str, str, str]] = set()  # observe-only: said already
+        # Moves under way (stopped, not yet seen running again): uid -> the pod left.
+        self._moving: dict[str, str] = {}
+        self._move_waiters: set[str] = set()  # accounts whose move waits for a turn
+        self._moves_in_flight = moves_in_flight
+        self._unmarking: set[str] = set()  # move-to annotations being taken off
         self._namespaces = namespaces or []
         self._sweep_interval = sweep_interval
         self._stop_unmanaged = stop_unmanaged
         self._sweep_now = asyncio.Event()
         self._synced = False  # every account that existed at start has its record
         self._started = False
+        self._passes = 0  # reconcile passes since the last full garbage collection
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rediscoveries: dict[str, tuple[float, asyncio.Task[list[str]]]] = {}
 
     # --- lifecycle -------------------------------------------------------------
 
     def _start_workers(self) -> None:
-        """The workers start with the first account event: kopf's event posting lives in
-        the context its handlers run in, and tasks keep the context they start in."""
+        """The workers start with the first account event (inside the running loop)."""
         if self._started:
             return
         self._started = True
@@ -163,7 +223,8 @@ class Reconciler:
         """A WAAccount was listed, added, changed or deleted: keep its record, enqueue it."""
         self._start_workers()
         metadata = body.get("metadata") or {}
-        uid, namespace, name = (str(metadata.get(k, "")) for k in ("uid", "namespace", "name"))
+        uid, name = str(metadata.get("uid", "")), str(metadata.get("name", ""))
+        namespace = sys.intern(str(metadata.get("namespace", "")))
         if LEGACY_FINALIZER in (metadata.get("finalizers") or []):
             self._drop_legacy_finalizer(uid, namespace, name)
         if event_type == "DELETED":
@@ -172,7 +233,7 @@ class Reconciler:
             if record is not None and (namespace, record.session) not in self._by_session:
                 # Stop its session where it runs (keeping the stored login), now and
                 # wherever it shows up for a while (a start may still be on its way).
-                workspace = (record.body.get("spec") or {}).get("workspaceId")
+                workspace = record.content()["spec"].get("workspaceId")
                 self.sessions_deleted({(namespace, record.session, workspace)})
             return
         session = str((body.get("spec") or {}).get("sessionId", ""))
@@ -180,18 +241,30 @@ class Reconciler:
         record = self._records.get(uid)
         if record is None:  # a value seen first is only remembered: starting probes all
             record = self._records[uid] = AccountRecord(uid, namespace, name, session,
-                                                        compact(body), rediscover_mark=mark)
+                                                        rediscover_mark=mark)
             self._by_name[(namespace, name)] = uid
             self._by_session[(namespace, session)].add(uid)
             metrics.RECONCILE_ERRORS.labels(namespace)  # exported as 0 before any error
         elif mark is not None and mark != record.rediscover_mark:
             self._spawn(self.rediscover(namespace, name, trigger="annotation"))
         record.rediscover_mark = mark
-        record.body = compact(body)
+        if not _older(str(metadata.get("resourceVersion", "")), record.version):
+            record.keep(body)  # else our own write's answer told us of a newer one already
         self._deleted.pop((namespace, session), None)  # an account names it again
         self.queue.add(uid)
 
+    def written_by_others(self, body: Mapping[str, Any]) -> None:
+        """Another writer's answer (the mirror's condition): the object as it is now, known
+        before its watch event comes (seconds later under load), so that the next status
+        write is not a conflict. The watch event still enqueues the account."""
+        metadata = body.get("metadata") or {}
+        record = self._records.get(str(metadata.get("uid", "")))
+        if record is not None and not _older(str(metadata.get("resourceVersion", "")),
+                                             record.version):
+            record.keep(body)
+
     def _forget(self, uid: str) -> None:
+        self._move_done(uid)
         record = self._records.pop(uid, None)
         self.queue.discard(uid)
         self._rediscoveries.pop(uid, None)
@@ -215,10 +288,8 @@ class Reconciler:
         if pod is None:
             return
         for uid, record in self._records.items():
-            status = record.body.get("status") or {}
             if record.namespace == namespace and (
-                    (status.get("instance") or {}).get("pod") == pod
-                    or status.get("phase") in (None, "Pending")):
+                    record.pod == pod or record.phase in (None, "Pending")):
                 self.queue.add(uid)
 
     # --- sessions no account claims ------------------------------------------------
@@ -242,18 +313,27 @@ class Reconciler:
             self._sweep_now.clear()
             if self._gate.active.is_set():
                 self.sweep()
+            self._collect_garbage()
+
+    def _collect_garbage(self) -> None:
+        """A burst leaves cyclic garbage (requests, API errors with their tracebacks, kopf's
+        per-event objects) in Python's oldest generation, which is collected only once it
+        grew by a quarter: at 10,000 accounts rarely, and the memory it holds stays in the
+        RSS. Collect it once a burst's worth of passes ran (a quiet operator never does)."""
+        if self._passes >= GC_AFTER_PASSES:
+            self._passes = 0
+            gc.collect()
 
     async def _sync_records(self) -> None:
         """Wait until every account that exists has its record: before that, a session
         nobody seems to claim may just belong to an account not listed yet."""
         while True:
             try:
-                listed = await self._kube.list_accounts(self._namespaces)
+                expected = await self._kube.account_uids(self._namespaces)
                 break
             except Exception as error:  # the API server is away: try again
                 logger.warning("cannot list WAAccounts to start sweeping: %s", error)
                 await asyncio.sleep(5)
-        expected = {str(item["metadata"]["uid"]) for item in listed}
         for _ in range(120):
             if expected <= self._records.keys():
                 break
@@ -278,7 +358,10 @@ class Reconciler:
                 unmanaged = set()
                 for session in unclaimed:
                     deleted = self._deleted.get((namespace, session))
-                    if deleted is not None or self._stop_unmanaged:
+                    if (deleted is not None or self._stop_unmanaged) \
+                            and self._policy.observe_only:
+                        self._would_stop_unclaimed(namespace, pod.name, session)
+                    elif deleted is not None or self._stop_unmanaged:
                         self._stop_unclaimed(namespace, pod.name, session,
                                              deleted[0] if deleted else None)
                     else:
@@ -295,6 +378,16 @@ class Reconciler:
                                  f"{len(sessions)} sessions run here that no WAAccount names "
                                  f"(left running; import them or set stop_unmanaged_sessions):"
                                  f" {shown}")
+
+    def _would_stop_unclaimed(self, namespace: str, pod: str, session: str) -> None:
+        """Observing only: say once that this session would be stopped."""
+        if (namespace, pod, session) in self._would_stop:
+            return
+        self._would_stop.add((namespace, pod, session))
+        metrics.WOULD_ACT.labels(namespace, "stop").inc()
+        self._observer.event(namespace, pod, "Normal", WOULD_STOP,
+                             f"observe-only: would stop session {session}: no WAAccount "
+                             "names it")
 
     def _stop_unclaimed(self, namespace: str, pod: str, session: str,
                         workspace: str | None) -> None:
@@ -370,6 +463,7 @@ class Reconciler:
         if not self._observer.ready(record.namespace, self._warmup_timeout):
             self.queue.add_after(uid, WARMUP_RECHECK)  # no decision before the fleet is known
             return
+        self._passes += 1
         try:
             await self.reconcile(record)
         except Exception as error:  # the API server or an instance failed: back off
@@ -391,10 +485,11 @@ class Reconciler:
         precise_now = self._clock.now()
         now = precise_now.replace(microsecond=0)  # what status records
         namespace, uid, session = record.namespace, record.uid, record.session
-        body = record.body
+        content = record.content()
+        version, recorded = record.version, content["status"]
         fleet = self._observer.snapshot(namespace)
         self._remember(record, fleet, precise_now)
-        account = self._account(record)
+        account = self._account(record, content)
         if account is None:
             return
         decision = decide(account, fleet, self._policy, now)
@@ -402,41 +497,107 @@ class Reconciler:
         self.queue.add_after(uid, self._resync_interval * random.uniform(0.9, 1.1))  # noqa: S311
         if decision.recheck_after is not None:
             self.queue.add_after(uid, decision.recheck_after.total_seconds() + 0.1)
+        write = decision.changes(account.status)
+        if write and record.refused is not None and record.refused[0] == version \
+                and self._clock.monotonic() - record.refused[1] < CONFLICT_PATIENCE:
+            self.queue.add_after(uid, CONFLICT_RECHECK)  # this version is known to be stale
+            return
         starts = [a for a in decision.actions if isinstance(a, StartSession)]
         for start in starts:
             # Before any await: no other pass sends a start for this session meanwhile.
             self._starting[(namespace, session)] = start.pod
-            self._observer.reserve(namespace, start.pod, session)
-        if decision.changes(account.status):
+            self._observer.reserve(namespace, start.pod, session, in_flight=True)
+        moving = decision.status.phase is Phase.MOVING and record.moving_from is None
+        moves = [a for a in decision.actions if isinstance(a, StopSession) and moving]
+        for move in moves:  # counted before any await: a wave is a few moves at a time
+            self._moving[uid] = move.pod
+        if not account.may_move:
+            self._move_waiters.add(uid)  # woken when a move ends
+        if write:
             try:
                 written = await self._kube.patch_status(
-                    namespace, account.name, str(body["metadata"]["resourceVersion"]),
-                    status_patch(body.get("status") or {}, decision.status),
+                    namespace, account.name, version,
+                    status_patch(recorded, decision.status),
                 )
             except BaseException:
-                self._abandon(namespace, session, starts)
+                self._abandon(record, starts, moves)
                 raise
             if not written:  # conflict: decide again on the fresh object, no failure
-                self._abandon(namespace, session, starts)
+                record.refused = (version, self._clock.monotonic())
+                self._abandon(record, starts, moves)
                 self.queue.add_after(uid, CONFLICT_RECHECK)
+                # Read it: under load the watch brings the newer object seconds, even a
+                # minute, later, and nothing can be written meanwhile.
+                fresh = await self._kube.get_account(namespace, account.name)
+                if fresh is not None and not _older(
+                        str(fresh["metadata"]["resourceVersion"]), record.version):
+                    record.keep(fresh)
+                    self.queue.add(uid)
                 return
+            # The object as written: the next write builds on it, whenever its watch event
+            # comes (under load, seconds later; writing on the older one is a conflict).
+            if not _older(str(written["metadata"]["resourceVersion"]), record.version):
+                record.keep(written)
+        self._unmark_moved(record, account, decision, fleet)
         # A placement is told once the instance accepted it, never for a call not made.
         placed = [e for e in decision.events if e.reason == "Placed"]
+        told = record.told
+        if self._policy.observe_only:  # nothing changes what is said: each is said once
+            record.told = frozenset(decision.events)
         for event in decision.events:
-            if event not in placed:
-                self._post(body, namespace, event)
+            if event not in placed and event not in told:
+                self._post(record.reference(), namespace, event)
         await self._act(record, account, decision, placed)
 
-    def _abandon(self, namespace: str, session: str, starts: list[StartSession]) -> None:
+    def _abandon(self, record: AccountRecord, starts: list[StartSession],
+                 moves: list[StopSession]) -> None:
         for start in starts:
-            self._starting.pop((namespace, session), None)
-            self._observer.release(namespace, start.pod, session)
+            self._starting.pop((record.namespace, record.session), None)
+            self._observer.release(record.namespace, start.pod, record.session)
+        if moves:
+            self._move_done(record.uid)
 
-    @staticmethod
-    def _post(body: Mapping[str, Any], namespace: str, event: Event) -> None:
-        kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)
+    def _move_done(self, uid: str) -> None:
+        """A move ended (or never began): the moves waiting for a turn decide again."""
+        if self._moving.pop(uid, None) is not None:
+            for waiter in self._move_waiters:
+                self.queue.add(waiter)
+            self._move_waiters.clear()
+
+    def _unmark_moved(self, record: AccountRecord, account: Account, decision: Decision,
+                      fleet: list[PodSnapshot]) -> None:
+        """Take a rebalance's move-to mark off once the session runs there, or when that
+        pod is gone (a mark left behind would move the session back after a crash)."""
+        target = account.move_to
+        if target is None or record.uid in self._unmarking:
+            return
+        holder = decision.status.instance.pod if decision.status.instance else None
+        arrived = holder == target and decision.status.phase is Phase.CONNECTED
+        if not arrived and any(p.name == target for p in fleet):
+            return
+        if not arrived:
+            logger.info("%s/%s: the pod %s it was to move to is gone; not moving it",
+                        record.namespace, record.name, target)
+        self._unmarking.add(record.uid)
+
+        async def unmark() -> None:
+            try:
+                await self._kube.remove_annotation(record.namespace, record.name,
+                                                   MOVE_TO_ANNOTATION)
+            except Exception as error:  # the next pass tries again
+                logger.warning("%s/%s: cannot take %s off: %s", record.namespace,
+                               record.name, MOVE_TO_ANNOTATION, error)
+            finally:
+                self._unmarking.discard(record.uid)
+
+        self._spawn(unmark())
+
+    def _post(self, reference: dict[str, Any], namespace: str, event: Event) -> None:
+        self._events.record(reference, event.type, event.reason, event.message)
         if event.reason in EVENT_COUNTERS:
             EVENT_COUNTERS[event.reason].labels(namespace).inc()
+        elif event.reason in WOULD_ACT:
+            metrics.WOULD_ACT.labels(namespace, WOULD_ACT[event.reason]).inc()
 
     def _remember(self, record: AccountRecord, fleet: list[PodSnapshot], now: datetime
                   ) -> None:
@@ -448,35 +609,48 @@ class Reconciler:
             record.accepted_at = None
             if any(c.state is not SessionState.FAILED for c in copies):
                 record.call_failure = None
+        move = record.moving_from
+        arrived = move is not None and any(
+            p.name != move.pod for p in fleet if p.trusted and session in p.sessions)
+        if move is not None and (arrived or now - move.stopped_at > self._policy.start_grace * 2):
+            record.moving_from = None  # there (or the start's own rules take over)
+            metrics.MOVES.labels(record.namespace, "done" if arrived else "failed").inc()
+            self._move_done(record.uid)
         failed = bool(copies) and all(c.state is SessionState.FAILED for c in copies)
         record.missing_since = _since(record.missing_since, now, not copies)
         record.duplicate_since = _since(record.duplicate_since, now, len(copies) > 1)
         record.failed_since = _since(record.failed_since, now, failed)
 
-    def _account(self, record: AccountRecord) -> Account | None:
+    def _account(self, record: AccountRecord, content: Mapping[str, Any]) -> Account | None:
         """The account as plain data; a body the schema let through but we cannot read is
         reported on the object, never raised."""
-        body = record.body
         try:
             return Account(
                 namespace=record.namespace,
                 name=record.name,
-                generation=int(body["metadata"].get("generation") or 0),
-                spec=WAAccountSpec.model_validate(body.get("spec") or {}),
-                status=WAAccountStatus.model_validate(body.get("status") or {}),
+                generation=record.generation,
+                spec=WAAccountSpec.model_validate(content["spec"]),
+                status=WAAccountStatus.model_validate(content["status"]),
                 missing_since=record.missing_since,
                 duplicate_since=record.duplicate_since,
                 failed_since=record.failed_since,
                 start_in_flight=self._starting.get((record.namespace, record.session)),
+                start_waiting=self._start_slots.place(record.namespace, *record.start_ticket)
+                if record.start_ticket else None,
+                start_lines=self._start_slots.lines(record.namespace),
                 start_accepted_at=record.accepted_at,
                 call_failure=record.call_failure,
                 duplicate_of=self._older_holder(record),
+                move_to=record.move_to,
+                moving_from=record.moving_from,
+                may_move=record.uid in self._moving
+                or len(self._moving) < self._moves_in_flight,
             )
         except ValidationError as error:
             message = f"cannot read this WAAccount: {error.errors()[0]['msg']}"
             if message != record.failing:
                 logger.warning("%s/%s: %s", record.namespace, record.name, message)
-                kopf.event(dict(body), type="Warning", reason="InvalidAccount", message=message)
+                self._events.record(record.reference(), "Warning", "InvalidAccount", message)
             record.failing = message
             return None
 
@@ -487,8 +661,7 @@ class Reconciler:
         if len(uids) < 2:
             return None
         oldest = min((self._records[u] for u in uids if u in self._records),
-                     key=lambda r: (str(r.body["metadata"].get("creationTimestamp", "")),
-                                    r.name))
+                     key=lambda r: (r.created, r.name))
         return None if oldest.uid == record.uid else oldest.name
 
     # --- instance calls --------------------------------------------------------
@@ -500,59 +673,77 @@ class Reconciler:
             if isinstance(action, ProbePod):
                 self._observer.refresh(account.namespace, action.pod)
                 continue
-            adapter = self._observer.adapter(account.namespace, action.pod, api_key)
             if isinstance(action, StartSession):
                 # A start is a browser launch (blazz answers after WhatsApp Web loaded):
-                # it runs on its own, so no worker is held up by it.
-                self._spawn(self._start(record, account, action, adapter, placed))
+                # it waits for its slot and runs on its own, so no worker is held up by it.
+                request = SessionRequest(
+                    session_id=account.spec.session_id,
+                    workspace_id=account.spec.workspace_id,
+                    account_id=account.spec.account_uuid,
+                    resume=action.resume,
+                )
+                ticket = self._start_slots.submit(account.namespace, action.pod,
+                                                  functools.partial(self._start, record,
+                                                                    request, action.pod, placed))
+                record.start_ticket = (action.pod, ticket)
                 continue
+            adapter = self._observer.adapter(account.namespace, action.pod, api_key)
+            moving = decision.status.phase is Phase.MOVING
             try:
                 if adapter is None:
                     raise InstanceError(f"pod {action.pod} is gone")
                 await adapter.stop(account.spec.session_id, account.spec.workspace_id)
             except InstanceError as error:
-                self._call_failed(record.body, account, "stop", action.pod, error)
+                if moving:
+                    metrics.MOVES.labels(record.namespace, "failed").inc()
+                self._move_done(record.uid)
+                self._call_failed(record, "stop", action.pod, error)
             else:
                 self._observer.forget(account.namespace, action.pod, account.spec.session_id)
+                if moving:
+                    record.moving_from = MoveStart(action.pod, self._clock.now())
+                    self.queue.add(record.uid)
             self._observer.refresh(account.namespace, action.pod)
 
-    async def _start(self, record: AccountRecord, account: Account, action: StartSession,
-                     adapter: InstanceAdapter | None, placed: list[Event]) -> None:
-        namespace, session = account.namespace, account.spec.session_id
+    async def _start(self, record: AccountRecord, request: SessionRequest, pod: str,
+                     placed: list[Event]) -> bool:
+        """A start whose turn came (see StartSlots); True when the instance accepted it."""
+        namespace, session = record.namespace, request.session_id
+        record.start_ticket = None
+        if WAITING_FOR_START_SLOT in record.document:
+            self.queue.add(record.uid)  # it shows it waits: say it starts now
         try:
+            adapter = self._observer.adapter(namespace, pod, await self._observer.api_key(),
+                                             starting=True)
             if adapter is None:
-                raise InstanceError(f"pod {action.pod} is gone")
-            await adapter.start(SessionRequest(
-                session_id=session,
-                workspace_id=account.spec.workspace_id,
-                account_id=account.spec.account_uuid,
-                resume=action.resume,
-            ))
+                raise InstanceError(f"pod {pod} is gone")
+            await adapter.start(request)
         except InstanceError as error:
             message = error.instance_message if isinstance(error, InstanceRefused) and \
                 error.instance_message else str(error)
-            record.call_failure = CallFailure(action.pod, message, self._clock.now())
-            self._observer.release(namespace, action.pod, session)
-            self._call_failed(record.body, account, "start", action.pod, error)
+            record.call_failure = CallFailure(pod, message, self._clock.now())
+            self._observer.release(namespace, pod, session)
+            self._call_failed(record, "start", pod, error)
+            return False
         else:
             record.accepted_at = self._clock.now()
             record.call_failure = None
-            self._observer.reserve(namespace, action.pod, session)  # its grace starts now
+            self._observer.reserve(namespace, pod, session)  # its grace starts now
             for event in placed:
-                self._post(record.body, namespace, event)
+                self._post(record.reference(), namespace, event)
+            return True
         finally:
             self._starting.pop((namespace, session), None)
-            self._observer.refresh(namespace, action.pod)
+            self._observer.refresh(namespace, pod)
             self.queue.add(record.uid)
 
-    @staticmethod
-    def _call_failed(body: Mapping[str, Any], account: Account, verb: str, pod: str,
+    def _call_failed(self, record: AccountRecord, verb: str, pod: str,
                      error: InstanceError) -> None:
         said = error.instance_message if isinstance(error, InstanceRefused) else ""
-        logger.warning("%s/%s: %s of session %s on %s failed: %s", account.namespace,
-                       account.name, verb, account.spec.session_id, pod, error)
-        kopf.event(dict(body), type="Warning", reason="InstanceCallFailed",
-                   message=f"{verb} on {pod} failed ({error.kind}): {said or error}"[:1000])
+        logger.warning("%s/%s: %s of session %s on %s failed: %s", record.namespace,
+                       record.name, verb, record.session, pod, error)
+        self._events.record(record.reference(), "Warning", "InstanceCallFailed",
+                            f"{verb} on {pod} failed ({error.kind}): {said or error}")
 
     # --- housekeeping ----------------------------------------------------------
 
@@ -579,6 +770,17 @@ class Reconciler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _older(version: str, than: str) -> bool:
+    """Whether resourceVersion `version` is older than `than`. They are etcd revisions
+    (numbers): the watch can deliver an object after a write that replaced it answered."""
+    return version.isdigit() and than.isdigit() and int(version) < int(than)
+
+
+def _interned(value: object) -> str | None:
+    """One copy of a string thousands of accounts share (a pod name, a phase)."""
+    return sys.intern(value) if isinstance(value, str) else None
 
 
 def _since(since: datetime | None, now: datetime, holds: bool) -> datetime | None:

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from controller import metrics
 from controller.fleet import PodView
-from controller.instances import PROTOCOLS, WebhookRejected
+from controller.instances import PROTOCOLS, InstanceAdapter, InstanceEvent, WebhookRejected
 from controller.observer import Observer
 from controller.reconciler import Reconciler
 from controller.relay import Relay, RelayedEvent
@@ -138,15 +138,16 @@ class WebhookReceiver:
             return self._refuse(source, "too_large", "body over the size limit", 413)
         # Pods that opted in are trusted by their address (WAHA without a webhook key).
         unsigned_ok = all(pod.trusts_source_address for pod in candidates)
-        secret = await self._hmac_secret.get()
-        if secret is None and not unsigned_ok:
+        secrets = await self._hmac_secret.accepted()  # the new one, then the previous
+        if not secrets and not unsigned_ok:
             return self._refuse(source, "no_secret", "the webhook secret is not configured", 503)
         protocol = protocols.pop()
         try:
-            event = PROTOCOLS[protocol].read_webhook(
-                request.headers, body, secret or "", self._clock(), self._limits.max_age,
-                unsigned_ok=unsigned_ok)
+            event = self._verified(PROTOCOLS[protocol], request.headers, body,
+                                   secrets or [""], unsigned_ok)
         except WebhookRejected as rejected:
+            if rejected.reason == "bad_signature":
+                await self._hmac_secret.refresh()  # maybe rotated just now: re-read it
             status = 400 if rejected.reason == "malformed" else 401
             return self._refuse(source, rejected.reason, str(rejected), status)
         if not self._reconciler.serving:
@@ -171,6 +172,19 @@ class WebhookReceiver:
         return web.json_response({"result": "accepted", "pods": [p.name for p in senders]},
                                  status=202)
 
+    def _verified(self, protocol: type[InstanceAdapter], headers: Mapping[str, str],
+                  body: bytes, secrets: list[str], unsigned_ok: bool) -> InstanceEvent:
+        """The event, verified with the first secret that signed it (during a rotation's
+        overlap, the previous secret is tried after the current one)."""
+        for index, secret in enumerate(secrets):
+            try:
+                return protocol.read_webhook(headers, body, secret, self._clock(),
+                                             self._limits.max_age, unsigned_ok=unsigned_ok)
+            except WebhookRejected as rejected:
+                if rejected.reason != "bad_signature" or index == len(secrets) - 1:
+                    raise
+        raise AssertionError("unreachable: at least one secret is tried")
+
     async def _rediscover(self, request: web.Request) -> web.Response:
         source = request.remote or ""
         refusal = self._admit(request, source)
@@ -181,6 +195,7 @@ class WebhookReceiver:
             return self._refuse(source, "no_secret", "the rediscover token is not configured", 503)
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not same_secret(given.strip(), token):
+            await self._rediscover_token.refresh()  # maybe rotated just now: re-read it
             return self._refuse(source, "bad_token", "Authorization: Bearer <token> required", 401)
         if not self._reconciler.serving:
             return self._refuse(source, "standby", "this replica serves no accounts now", 503)

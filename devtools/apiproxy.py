@@ -3,7 +3,11 @@
 It serves plain HTTP on loopback and forwards every request (watches streamed) to the
 real API server over TLS. Faults are set on the object while it runs: `status_delay`
 holds WAAccount status PATCHes for that many seconds before forwarding them (a slow
-etcd, a busy API server). Only test tooling: it is not part of the installed package.
+etcd, a busy API server); `throttle_every` answers every Nth request that is not a watch
+with 429 and `Retry-After: retry_after` (an API server under priority-and-fairness), and
+`retry_gaps` says how long each throttled request took to come back (the same method, path
+with query, body type and user agent: one caller's retry). Only test tooling:
+it is not part of the installed package.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
+import time
 from pathlib import Path
 
 import aiohttp
@@ -28,6 +33,13 @@ class ApiProxy:
         self.port = free_port()
         self.status_delay = 0.0
         self.held = 0  # status PATCHes that began waiting
+        self.throttle_every = 0  # 0: never
+        self.retry_after = 1
+        self.throttled = 0  # 429s answered
+        # Seconds from a 429 to the same kind of request again, by kind.
+        self.retry_gaps: list[tuple[tuple[str, str, str, str], float]] = []
+        self._requests = 0
+        self._refused: dict[tuple[str, str, str, str], float] = {}  # kind -> when refused
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="api proxy", daemon=True)
@@ -69,7 +81,10 @@ current-context: proxied
                 connector=aiohttp.TCPConnector(ssl=tls, limit=0),
                 timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as upstream:
             app = web.Application(client_max_size=64 << 20)
-            app.router.add_route("*", "/{path:.*}", lambda r: self._forward(r, upstream))
+            async def forward(request: web.Request) -> web.StreamResponse:
+                return await self._forward(request, upstream)
+
+            app.router.add_route("*", "/{path:.*}", forward)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", self.port).start()
@@ -79,6 +94,24 @@ current-context: proxied
 
     async def _forward(self, request: web.Request, upstream: aiohttp.ClientSession
                        ) -> web.StreamResponse:
+        if request.query.get("watch") not in ("true", "1"):
+            # One caller's request: the same method, path and body type (a status merge
+            # patch and a condition apply share a path, not a caller).
+            key = (request.method, request.path_qs, request.content_type,
+                   request.headers.get("User-Agent", ""))
+            now = time.monotonic()
+            refused_at = self._refused.pop(key, None)
+            if refused_at is not None:
+                self.retry_gaps.append((key, now - refused_at))
+            self._requests += 1
+            if self.throttle_every and self._requests % self.throttle_every == 0:
+                self.throttled += 1
+                self._refused[key] = now
+                return web.json_response(
+                    {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                     "reason": "TooManyRequests", "code": 429,
+                     "message": "too many requests, please try again later"},
+                    status=429, headers={"Retry-After": str(self.retry_after)})
         if request.method == "PATCH" and "/waaccounts/" in request.path \
                 and request.path.endswith("/status"):
             self.held += 1

@@ -14,14 +14,16 @@ import base64
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from kubernetes import client, config
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
 
+from controller import api
 from controller.instances import BlazzAdapter
 from devtools.control_plane import ControlPlane, free_port
 from devtools.harness import (
@@ -52,6 +56,7 @@ WEBHOOK_SECRET = "benchmark-webhook-secret"  # noqa: S105 - a throwaway fleet's 
 REDISCOVER_TOKEN = "benchmark-rediscover-token"  # noqa: S105
 FAST_PATH_PROBE_INTERVAL = 600.0
 CRASHED = "wa-0"  # the pod the crash phase crashes (it stays down)
+DRAINED = "wa-2"  # the pod the drain phase drains (it stays drained)
 SEED_TIMEOUT = 5.0  # the seed's per-instance timeout while it searches
 
 
@@ -72,6 +77,120 @@ class Report:
         print(f"\n{'':{width}}  {'wa-controller':{ours_width}}  seed algorithm")
         for what, ours, seed in self.rows:
             print(f"{what:{width}}  {ours:{ours_width}}  {seed}")
+
+
+class StatusWatch:
+    """Every account's (pod, phase) as one watch tells it, and when each last changed.
+
+    Looking at 10,000 accounts by listing them all is a load of its own on the API server
+    and takes seconds itself, which blurs what is measured; one watch costs neither, and
+    says when each account became right to the fraction of a second.
+    """
+
+    def __init__(self, accounts: Accounts) -> None:
+        self._accounts = accounts
+        self._lock = threading.Lock()
+        self._status: dict[str, tuple[str | None, str | None]] = {}
+        self._changed_at: dict[str, float] = {}
+        self._mirrored_at: dict[str, float] = {}  # accounts showing Mirrored=True, since
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="status watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def status(self) -> dict[str, tuple[str | None, str | None]]:
+        """Account name -> (pod, phase), as the watch last told."""
+        with self._lock:
+            return dict(self._status)
+
+    def wait(self, what: str, names: Iterable[str], right: Callable[[str, str | None,
+             str | None], bool], timeout: float) -> float:
+        """Wait until `right(name, pod, phase)` holds for every name; returns when the last
+        of them became right (monotonic), not when this noticed."""
+        names = list(names)
+        began = last_told = time.monotonic()
+
+        def all_right() -> float | None:
+            nonlocal last_told
+            with self._lock:
+                if all(right(n, *self._status.get(n, (None, None))) for n in names):
+                    return max((self._changed_at.get(n, 0.0) for n in names), default=0.0)
+                if time.monotonic() - last_told >= 20:  # how it goes, for a long wait
+                    last_told = time.monotonic()
+                    phases = Counter(self._status.get(n, (None, None))[1] for n in names)
+                    print(f"    {last_told - began:4.0f} s: " + ", ".join(
+                        f"{phase or 'no status'} {count}" for phase, count in
+                        sorted(phases.items(), key=lambda kv: -kv[1])), flush=True)
+            return None
+
+        return wait_for(what, all_right, timeout=timeout, every=0.2)
+
+    def unmirrored(self, names: Iterable[str]) -> int:
+        """How many of the accounts do not show Mirrored=True."""
+        with self._lock:
+            return sum(n not in self._mirrored_at for n in names)
+
+    def mirrored_at(self, names: Iterable[str]) -> float | None:
+        """When the last of the accounts came to show Mirrored=True (None: not all do)."""
+        names = list(names)
+        with self._lock:
+            if any(n not in self._mirrored_at for n in names):
+                return None
+            return max((self._mirrored_at[n] for n in names), default=0.0)
+
+    def changed_at(self, names: Iterable[str]) -> dict[str, float]:
+        """When each account's (pod, phase) last changed (monotonic)."""
+        with self._lock:
+            return {n: self._changed_at.get(n, 0.0) for n in names}
+
+    def _run(self) -> None:
+        custom, namespace = self._accounts.custom, self._accounts.namespace
+        version = self._list()
+        while not self._stop.is_set():
+            try:
+                for event in watch.Watch().stream(
+                        custom.list_namespaced_custom_object, api.GROUP, api.VERSION,
+                        namespace, api.PLURAL, resource_version=version, timeout_seconds=60,
+                        allow_watch_bookmarks=True):
+                    item = event["object"]
+                    if event["type"] == "ERROR":  # 410: the history is gone, list again
+                        version = self._list()
+                        break
+                    version = item["metadata"]["resourceVersion"]
+                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        self._saw(item, deleted=event["type"] == "DELETED")
+            except ApiException as error:
+                version = self._list() if error.status == 410 else version
+            except Exception:  # a dropped connection: watch on from where it was
+                time.sleep(0.5)
+
+    def _list(self) -> str:
+        answer = self._accounts.custom.list_namespaced_custom_object(
+            api.GROUP, api.VERSION, self._accounts.namespace, api.PLURAL)
+        for item in answer["items"]:
+            self._saw(item)
+        return str(answer["metadata"]["resourceVersion"])
+
+    def _saw(self, item: dict[str, Any], deleted: bool = False) -> None:
+        name = item["metadata"]["name"]
+        status = item.get("status") or {}
+        now = (None if deleted else (status.get("instance") or {}).get("pod"),
+               None if deleted else status.get("phase"))
+        mirrored = not deleted and any(
+            c.get("type") == "Mirrored" and c.get("status") == "True"
+            for c in status.get("conditions") or [])
+        with self._lock:
+            if self._status.get(name) != now:
+                self._status[name] = now
+                self._changed_at[name] = time.monotonic()
+            if not mirrored:
+                self._mirrored_at.pop(name, None)
+            elif name not in self._mirrored_at:
+                self._mirrored_at[name] = time.monotonic()
 
 
 @dataclass
@@ -113,11 +232,13 @@ class Bench:
         self.postgres = Postgres(log_statements=True)
         self.plane = plane
         self.app = ApplicationStub()  # the application the operator relays webhooks to
+        self.watch = StatusWatch(self.accounts)
 
     # --- the world -------------------------------------------------------------------
 
     def setup(self) -> None:
         self.core.create_namespace({"metadata": {"name": NAMESPACE}})
+        self.watch.start()
         self.core.create_namespaced_secret(NAMESPACE, {
             "metadata": {"name": "wa-controller-instances"},
             "data": {"api-key": base64.b64encode(API_KEY.encode()).decode()}})
@@ -164,6 +285,7 @@ class Bench:
             self.operator = None
 
     def close(self) -> None:
+        self.watch.stop()
         self.stop_operator()
         self.app.__exit__()
         self.fleet.stop_all()
@@ -198,69 +320,95 @@ class Bench:
             "WHERE deleted_at IS NULL", database="bench")
         return {str(name): (pod, stamp) for name, pod, stamp in found}  # type: ignore[misc]
 
-    @property
-    def look_every(self) -> float:
-        """Seconds between two looks at all accounts: each look lists every account, a load
-        of its own on the API server at 10,000 (0.2 s per 1,000 accounts)."""
-        return max(0.2, self.args.accounts / 5000)
-
-    def status_writes(self) -> int:
-        """WAAccount status PATCHes the API server served so far (its own counter)."""
+    def status_writes(self) -> tuple[int, int]:
+        """WAAccount status PATCHes the API server served so far, and of them those refused
+        as conflicts (409: written at an older resourceVersion), by its own counter."""
         text = httpx.get(f"{self.plane.server}/metrics", verify=str(self.plane.ca_file),
                          headers={"Authorization": f"Bearer {self.plane.token}"},
                          timeout=30).text
-        total = 0.0
+        total = conflicts = 0.0
         for line in text.splitlines():
             if line.startswith("apiserver_request_total{") and 'resource="waaccounts"' in line \
                     and 'subresource="status"' in line and 'verb="PATCH"' in line:
                 total += float(line.rsplit(" ", 1)[1])
-        return int(total)
+                conflicts += float(line.rsplit(" ", 1)[1]) if 'code="409"' in line else 0
+        return int(total), int(conflicts)
 
-    def instance_requests(self) -> int:
-        return sum(sim.requests() for sim in self.sims().values())
+    def instance_requests(self) -> Counter[str]:
+        """Requests the instances served so far, by route (the control API not counted)."""
+        routes: Counter[str] = Counter()
+        for sim in self.sims().values():
+            routes.update(sim.requests_by_route())
+        return routes
 
     # --- phases ------------------------------------------------------------------------
 
     def burst(self) -> None:
         n = self.args.accounts
+        assert self.operator is not None
+        port = int(self.webhook_url.rsplit(":", 1)[1])
+        wait_for("the operator's webhook port", lambda: _listening(port), timeout=300,
+                 every=0.1)
+        time.sleep(5)  # its first probes
+        rss, _ = self.operator.memory_mib()
+        self.report.add("operator RSS before the burst", f"{rss:.0f} MiB", idle_rss_mib=rss)
         print(f"\nburst: creating {n} WAAccounts at once", flush=True)
         writes_before = self.status_writes()
+        cpu_before = self.operator.cpu_seconds()
         started = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda i: self.accounts.create(
                 f"acct-{i:05d}", phoneNumber=f"+62811{i:07d}"), range(n)))
         created = time.monotonic() - started
 
-        def all_connected() -> dict[str, tuple[str | None, str | None]] | None:
-            now = self.placements()
-            return now if sum(p == "Connected" for _, p in now.values()) == n else None
-
-        # Each look lists every account: at 10,000 that is a load of its own on the API
-        # server, so look less often the more there are (1 s per 2,000 accounts).
-        placed = wait_for(f"all {n} accounts Connected", all_connected, timeout=3600,
-                          every=max(1.0, self.look_every))
-        elapsed = time.monotonic() - started
-        writes = self.status_writes() - writes_before
+        names = [f"acct-{i:05d}" for i in range(n)]
+        done = self.watch.wait(f"all {n} accounts Connected", names,
+                               lambda _, pod, phase: phase == "Connected", timeout=3600)
+        elapsed = done - started
+        cpu = self.operator.cpu_seconds() - cpu_before
+        placed = self.watch.status()
+        writes, conflicts = (a - b for a, b in zip(self.status_writes(), writes_before,
+                                                   strict=True))
         spread = Counter(pod for pod, _ in placed.values())
         loads = [spread.get(name, 0) for name in self.sims()]
         self.report.add("burst: creations sent", f"{created:.1f} s", burst_create_seconds=created)
         self.report.add("burst: all Connected", f"{elapsed:.1f} s after the first creation",
                         burst_connected_seconds=elapsed)
-        self.report.add("burst: status writes", f"{writes} ({writes / n:.2f} per account)",
-                        burst_status_writes=writes)
+        # What the burst cost the operator itself: less sensitive than the time to other
+        # work on a shared machine.
+        self.report.add("burst: operator CPU", f"{cpu:.1f} s ({cpu / n * 1000:.1f} ms per "
+                        "account)", burst_operator_cpu_seconds=cpu)
+        self.report.add("burst: status writes", f"{writes} ({writes / n:.2f} per account; "
+                        f"{conflicts} refused as conflicts)", burst_status_writes=writes,
+                        burst_status_conflicts=conflicts)
         self.report.add("burst: spread per pod", f"min {min(loads)} / max {max(loads)} "
                         f"/ stdev {statistics.pstdev(loads):.2f}",
                         burst_spread_min=min(loads), burst_spread_max=max(loads))
         self.report.add("burst: events", self.event_reasons())
-        plain = self.plain_client(writes)
+        unmirrored = self.watch.unmirrored(names)
+        self.report.add("burst: accounts not yet Mirrored=True when all were Connected",
+                        f"{unmirrored}", burst_unmirrored=unmirrored)
+        # The plain client measures a quiet API server, and the steady state begins with
+        # nothing left to write.
+        mirrored = wait_for(f"all {n} accounts Mirrored=True",
+                            lambda: self.watch.mirrored_at(names), timeout=1800)
+        self.report.add("burst: all Mirrored=True", f"{mirrored - started:.1f} s after the "
+                        "first creation", burst_mirrored_seconds=mirrored - started)
+        plain, plain_written = self.plain_client(writes, max(1, writes - conflicts))
         self.report.add("limit: plain client, same status writes",
                         f"{plain:.1f} s ({writes / plain:.0f} patches/s, kubernetes_asyncio, "
                         f"32 in flight); burst/limit = {elapsed / plain:.2f}",
                         plain_client_seconds=plain, burst_over_limit=elapsed / plain)
+        # A conflict costs the API server less than a write, and no placement needs one.
+        self.report.add("limit: plain client, the writes that were not conflicts",
+                        f"{plain_written:.1f} s; burst/limit = {elapsed / plain_written:.2f}",
+                        plain_client_written_seconds=plain_written,
+                        burst_over_limit_written=elapsed / plain_written)
 
-    def plain_client(self, writes: int) -> float:
+    def plain_client(self, writes: int, checkpoint: int) -> tuple[float, float]:
         """The API server's limit on this machine, in the same run: a plain asyncio client
-        writing as many status patches as the burst needed, to accounts of its own."""
+        writing as many status patches as the burst needed, to accounts of its own; the
+        seconds for all of them, and for the first `checkpoint`."""
         import asyncio
 
         from kubernetes_asyncio import client as aclient
@@ -276,25 +424,32 @@ class Bench:
                   "instance": {"pod": "wa-3", "url": "http://127.0.0.9:3000",
                                "assignedAt": "2026-12-01T00:00:00Z"}}
 
-        async def patch_all() -> float:
+        async def patch_all() -> tuple[float, float]:
             configuration = aclient.Configuration()
             await aconfig.load_kube_config(str(self.kubeconfig),
                                            client_configuration=configuration)
             configuration.connection_pool_maxsize = 32
             async with aclient.ApiClient(configuration) as api_client:
+                # As the operator's client: no proxy and ~/.netrc lookups in a thread.
+                api_client.rest_client.pool_manager._trust_env = False
                 custom = aclient.CustomObjectsApi(api_client)
                 in_flight = asyncio.Semaphore(32)
+                done, at_checkpoint = 0, 0.0
 
                 async def one(i: int) -> None:
+                    nonlocal done, at_checkpoint
                     async with in_flight:
                         await custom.patch_namespaced_custom_object_status(
                             "wa-controller.io", "v1alpha1", PLAIN_NAMESPACE, "waaccounts",
                             names[i % n], {"status": {**status, "message": f"write {i}"}},
                             _content_type="application/merge-patch+json")
+                    done += 1
+                    if done == checkpoint:
+                        at_checkpoint = time.monotonic() - started
 
                 started = time.monotonic()
                 await asyncio.gather(*(one(i) for i in range(writes)))
-                return time.monotonic() - started
+                return time.monotonic() - started, at_checkpoint
 
         seconds = asyncio.run(patch_all())
         with ThreadPoolExecutor(16) as pool:
@@ -311,16 +466,21 @@ class Bench:
         versions, events = self.resource_versions(), self.event_count()
         statements = self.postgres.statements_logged()
         requests, cpu = self.instance_requests(), self.operator.cpu_seconds()
+        began = time.monotonic()
         time.sleep(cycles * interval)
+        routes = self.instance_requests() - requests
+        # Per interval of the time between the two counts (a few probes more or less).
+        per_cycle = routes.total() * interval / (time.monotonic() - began)
         statements = self.postgres.statements_logged() - statements
         written = sum(v != versions.get(k) for k, v in self.resource_versions().items())
         new_events = self.event_count() - events
-        per_cycle = (self.instance_requests() - requests) / cycles
         cpu_share = (self.operator.cpu_seconds() - cpu) / (cycles * interval) * 100
         seed = self.seed_cycle()
         self.report.add("steady: HTTP requests per probe cycle", f"{per_cycle:.1f}",
                         f"{seed['requests']} (one per account), {seed['seconds']:.1f} s per cycle",
                         steady_requests_per_cycle=per_cycle)
+        self.report.add("steady: requests by route", ", ".join(
+            f"{route} {count}" for route, count in sorted(routes.items())) or "none")
         self.report.add("steady: API writes per cycle",
                         f"{(written + new_events) / cycles:.1f} "
                         f"({written} status, {new_events} events in {cycles} cycles)",
@@ -334,8 +494,15 @@ class Bench:
                         steady_rss_mib=rss, peak_rss_mib=peak)
 
     def crash_sessions_reappear(self) -> None:
-        """The seed's "instance crash": a pod stops answering, its sessions come back on others."""
-        victim, others = CRASHED, [n for n in self.sims() if n != CRASHED]
+        """The seed's "instance crash": a pod stops answering, its sessions come back on others.
+
+        An account is right when its status names the one pod that runs its session, as
+        the simulators tell. Most sessions reappear before the operator calls the pod down
+        and are found where they reappeared; one that reappears only after that was
+        already restarted elsewhere by the operator, and one of its two copies is stopped:
+        both count, the second kind is told apart.
+        """
+        victim, others = CRASHED, [n for n in self.sims() if n not in (CRASHED, DRAINED)]
         recorded = {name: pod for name, (pod, _) in self.placements().items()}
         sessions = sorted(self.sims()[victim].sessions())
         print(f"\ncrash: {victim} stops answering; its {len(sessions)} sessions "
@@ -344,21 +511,47 @@ class Bench:
         started = time.monotonic()
         self.sims()[victim].fault("crash")
         moved_to = {s: others[i % len(others)] for i, s in enumerate(sessions)}
+        reappeared_at: dict[str, float] = {}
+
+        def reappear(session: str) -> None:
+            self.sims()[moved_to[session]].put(session)
+            reappeared_at[session] = time.monotonic()
+
         with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda s: self.sims()[moved_to[s]].put(s), sessions))
+            list(pool.map(reappear, sessions))
         reappeared = time.monotonic() - started
+        print(f"    all {len(sessions)} reappeared {reappeared:.1f} s after the crash",
+              flush=True)
 
-        def all_right() -> bool:
-            now = self.placements()
-            return all(now[s] == (pod, "Connected") for s, pod in moved_to.items())
+        def holders() -> dict[str, list[str]]:
+            found: dict[str, list[str]] = {s: [] for s in sessions}
+            for pod in others:
+                for session, state in self.sims()[pod].sessions().items():
+                    if session in found and state.get("state") != "stopped":
+                        found[session].append(pod)
+            return found
 
-        wait_for("every moved account's status to name its new pod", all_right, timeout=300,
-                 every=self.look_every)
-        elapsed = time.monotonic() - started
+        def all_right() -> dict[str, str] | None:
+            status = self.watch.status()
+            if any(status.get(s, (None, None))[1] != "Connected" or
+                   status.get(s, (None, None))[0] == victim for s in sessions):
+                return None
+            truth = holders()
+            right = all(truth[s] == [status[s][0]] for s in sessions)
+            return {s: truth[s][0] for s in sessions} if right else None
+
+        final = wait_for("every moved account's status to name the one pod running it",
+                         all_right, timeout=300, every=1.0)
+        changed = self.watch.changed_at(sessions)
+        elapsed = max(changed.values()) - started
+        found = [s for s in sessions if final[s] == moved_to[s]]
+        restarted = len(sessions) - len(found)
+        delays = sorted(changed[s] - reappeared_at[s] for s in found) or [0.0]
+        after = delays[-1]
 
         def all_rows_right() -> dict[str, tuple[str | None, datetime]] | None:
             table = self.mirror()
-            return table if all(table[s][0] == pod for s, pod in moved_to.items()) else None
+            return table if all(table[s][0] == pod for s, pod in final.items()) else None
 
         table = wait_for("every moved account's mirror row to name its new pod",
                          all_rows_right, timeout=300)
@@ -377,12 +570,47 @@ class Bench:
                         "instance hangs instead of refusing",
                         crash_sessions=len(sessions), crash_right_seconds=elapsed,
                         crash_reappear_seconds=reappeared,
-                        crash_right_after_reappear_seconds=elapsed - reappeared,
+                        crash_right_after_reappear_seconds=after,
                         crash_unmoved_written=unmoved_written)
+        self.report.add("crash: found where they reappeared",
+                        f"{len(found)}, right after their own reappearance in median "
+                        f"{statistics.median(delays):.1f} s, at most {after:.1f} s; "
+                        f"{restarted} reappeared only after {victim} was called down, were "
+                        "restarted by the operator meanwhile, and kept one copy",
+                        crash_right_after_own_reappearance_median_seconds=statistics.median(
+                            delays),
+                        crash_restarted_before_reappearing=restarted)
         self.report.add("crash: last moved mirror row right", f"{rows_right:.1f} s after the crash",
                         crash_mirror_right_seconds=rows_right)
         self.report.add("crash: mirror rows written", f"{len(stamps)} rows over {span:.2f} s"
                         + (f" ({len(stamps) / span:.0f} rows/s)" if span else " (one batch)"))
+
+    def peak_starts(self, *, besides: str) -> int:
+        """The most browser launches any pod (but `besides`) ran at once, so far."""
+        return max(sim.starts()["peakConcurrentCreates"] for name, sim in self.sims().items()
+                   if name not in (besides, CRASHED))
+
+    def drain(self) -> None:
+        """`kubectl annotate pod wa-2 wa-controller.io/drain=true`: its sessions move away,
+        a few at a time, each stopped, confirmed gone, then started elsewhere in waves."""
+        affected = [name for name, (pod, _) in self.placements().items() if pod == DRAINED]
+        if not affected:
+            print(f"\ndrain: {DRAINED} holds no session (run the burst first)", flush=True)
+            return
+        print(f"\ndrain: {DRAINED} is drained with its {len(affected)} sessions", flush=True)
+        started = time.monotonic()
+        self.core.patch_namespaced_pod(DRAINED, NAMESPACE, {"metadata": {"annotations": {
+            api.DRAIN_ANNOTATION: "true"}}})
+        done = self.watch.wait("every account of the drained pod Connected elsewhere",
+                               affected, lambda _, pod, phase: pod not in (None, DRAINED)
+                               and phase == "Connected", timeout=3600)
+        elapsed = done - started
+        peak = self.peak_starts(besides=DRAINED)
+        self.report.add("drain: its accounts Connected elsewhere",
+                        f"{elapsed:.1f} s for {len(affected)} sessions "
+                        f"({len(affected) / elapsed:.1f} moves/s); peak concurrent starts on "
+                        f"a pod so far: {peak}", drain_sessions=len(affected),
+                        drain_seconds=elapsed, drain_peak_concurrent_starts=peak)
 
     def crash_pod_gone(self) -> None:
         """A pod is gone with its sessions: the operator starts them on the least loaded."""
@@ -392,16 +620,16 @@ class Bench:
         started = time.monotonic()
         self.fleet.remove(victim)
 
-        def all_replaced() -> bool:
-            now = self.placements()
-            return all(now[a][0] not in (None, victim) and now[a][1] == "Connected"
-                       for a in affected)
-
-        wait_for("every account of the gone pod Connected elsewhere", all_replaced, timeout=300,
-                 every=self.look_every)
-        gone = time.monotonic() - started
-        self.report.add("pod gone: its accounts Connected elsewhere", f"{gone:.1f} s",
-                        "never (the seed does not re-place)", pod_gone_seconds=gone)
+        done = self.watch.wait("every account of the gone pod Connected elsewhere", affected,
+                               lambda _, pod, phase: pod not in (None, victim)
+                               and phase == "Connected", timeout=300)
+        gone = done - started
+        peak = self.peak_starts(besides=victim)
+        self.report.add("pod gone: its accounts Connected elsewhere",
+                        f"{gone:.1f} s for {len(affected)} sessions, started in waves (peak "
+                        f"concurrent starts on a pod so far: {peak})",
+                        "never (the seed does not re-place)", pod_gone_seconds=gone,
+                        pod_gone_sessions=len(affected), pod_gone_peak_concurrent_starts=peak)
 
     def fast_path(self) -> None:
         """With a 10-minute probe interval, how long a moved session's status stays wrong
@@ -410,10 +638,11 @@ class Bench:
         print(f"\nfast path: operator restarted with probe interval "
               f"{FAST_PATH_PROBE_INTERVAL:.0f} s; {samples} moves each way", flush=True)
         self.stop_operator()
-        versions = self.resource_versions()
+        before = self.accounts.all()
+        versions = {name: item["metadata"]["resourceVersion"] for name, item in before.items()}
         self.start_operator(FAST_PATH_PROBE_INTERVAL)
         custom = self.accounts.custom
-        names = [name for name in self.sims() if name != CRASHED]
+        names = [name for name in self.sims() if name not in (CRASHED, DRAINED)]
         on_pod = {name: pod for name, (pod, phase) in self.placements().items()
                   if phase == "Connected" and pod in names}
         chosen = iter(sorted(on_pod))
@@ -448,10 +677,16 @@ class Bench:
                         restart_first_webhook_seconds=since_start)
         time.sleep(10)  # the restart's re-decisions settle (nothing to change)
         moved = {a for a, pod in on_pod.items() if self.accounts.pod_of(a) != pod}
-        restart_writes = sum(v != versions.get(k) for k, v in self.resource_versions().items()
-                             if k not in moved)
+        after = self.accounts.all()
+        written = sorted(name for name, item in after.items() if name not in moved
+                         and item["metadata"]["resourceVersion"] != versions.get(name))
         self.report.add("restart: accounts already right that were written",
-                        f"{restart_writes}", restart_status_writes=restart_writes)
+                        f"{len(written)}", restart_status_writes=len(written))
+        if written:  # what was written, for whoever has to find out why
+            print(f"    e.g. {written[0]}: status before "
+                  f"{json.dumps(before[written[0]].get('status'), sort_keys=True)}\n"
+                  f"    after {json.dumps(after[written[0]].get('status'), sort_keys=True)}",
+                  flush=True)
 
         for how in ("webhook", "annotation", "http call"):
             times = sorted(time_move(how, i) for i in range(samples))
@@ -576,6 +811,13 @@ def _control_plane() -> Iterator[tuple[ControlPlane, Path]]:
         shutil.rmtree(workdir / "control-plane", ignore_errors=True)
 
 
+# The phases in the order they run: each one starts from what the one before left.
+PHASES: dict[str, Callable[[Bench], None]] = {
+    "burst": Bench.burst, "steady": Bench.steady_state, "drain": Bench.drain,
+    "crash": Bench.crash_sessions_reappear,
+    "pod-gone": Bench.crash_pod_gone, "restart": Bench.fast_path, "relay": Bench.relay}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hack/benchmark", description=__doc__)
     parser.add_argument("--pods", type=int, default=10)
@@ -587,10 +829,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--relay-events", type=int, default=2000)
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
                         help="also write every figure to FILE (keys documented in the README)")
+    parser.add_argument("--phases", default=",".join(PHASES), metavar="P1,P2",
+                        help=f"phases to run, in this order (default: all): {', '.join(PHASES)}")
     args = parser.parse_args(argv)
-    phases: list[Callable[[Bench], None]] = [
-        Bench.burst, Bench.steady_state, Bench.crash_sessions_reappear, Bench.crash_pod_gone,
-        Bench.fast_path, Bench.relay]
+    chosen = [name.strip() for name in args.phases.split(",") if name.strip()]
+    if unknown := [name for name in chosen if name not in PHASES]:
+        parser.error(f"unknown phases {', '.join(unknown)}; known: {', '.join(PHASES)}")
+    phases = [phase for name, phase in PHASES.items() if name in chosen]
+    # A long run stopped with kill (SIGINT is ignored in background jobs) still stops what
+    # it started: the operator, the simulators, PostgreSQL and the control plane.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with _control_plane() as (plane, workdir):
         bench = Bench(plane, workdir, args)
         try:

@@ -54,6 +54,12 @@ def next_loopback() -> str:
     return f"127.0.{n // 250}.{n % 250 + 2}"
 
 
+# One client for every simulator's control API, shared by threads: a client per call
+# builds a TLS context each time (~30 ms of CPU), which made a benchmark's 500 puts take
+# 16 s and starved its watch thread.
+_CONTROL = httpx.Client(timeout=10, trust_env=False)
+
+
 @dataclass
 class Simulator:
     """One `wa-controller simulate-instance` process and its control API."""
@@ -69,7 +75,7 @@ class Simulator:
         return f"http://{self.ip}:{self.port}"
 
     def control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        answer = httpx.request(method, f"{self.url}/_sim/{path}", json=body, timeout=10)
+        answer = _CONTROL.request(method, f"{self.url}/_sim/{path}", json=body)
         answer.raise_for_status()
         return answer.json()
 
@@ -95,15 +101,20 @@ class Simulator:
 
     def requests(self, route: str | None = None) -> int:
         """Requests served, in all or on one route (e.g. "GET /api/sessions")."""
-        stats = self.control("GET", "stats")
-        return int(stats["total"] if route is None else stats["requests"].get(route, 0))
+        counts = self.requests_by_route()
+        return sum(counts.values()) if route is None else counts.get(route, 0)
+
+    def requests_by_route(self) -> dict[str, int]:
+        """Requests served so far, by route (the control API is not counted)."""
+        return {route: int(n) for route, n in self.control("GET", "stats")["requests"].items()}
 
     def webhooks(self) -> dict[str, int]:
         """Webhook deliveries: attempts, delivered, refused, failed."""
         return self.control("GET", "stats")["webhooks"]
 
-    def starts(self) -> dict[str, int]:
-        """Starts received: creates, restores, stops, doubleCreates, peakConcurrentCreates."""
+    def starts(self) -> dict[str, Any]:
+        """Starts received: creates, restores, stops, doubleCreates, peakConcurrentCreates,
+        createdAgain (the first 20 sessions created more than once on this pod)."""
         return self.control("GET", "stats")["starts"]
 
     def stop(self) -> None:
@@ -166,7 +177,7 @@ def start_simulator(protocol: str, api_key_file: Path, *, auto_pair: float | Non
         if process.poll() is not None:
             raise AssertionError(f"simulator exited: {process.stderr.read().decode()}")
         with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(f"{sim.url}/_sim/stats", timeout=1).status_code == 200
+            return _CONTROL.get(f"{sim.url}/_sim/stats", timeout=1).status_code == 200
         return False
 
     wait_for(f"the {protocol} simulator on {sim.url}", answers, timeout=20)
@@ -230,27 +241,37 @@ class Fleet:
     api_key_file: Path
     webhooks: WebhookTarget | None = None  # where new simulators send their webhooks
     simulators: dict[str, Simulator] = field(default_factory=dict)
-    # Stored logins, shared by every pod (one storage group, as the seed's instances).
-    storage_dir: Path | None = None
+    # Stored logins, one directory per storage group: pods of a group restore each other's
+    # sessions (the seed's instances share one sessions folder).
+    storage_dirs: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def storage_dir(self) -> Path | None:
+        return self.storage_dirs.get("shared")
 
     def add(self, name: str, protocol: str = "blazz", *, capacity: int = 50, ready: bool = True,
             labels: dict[str, str] | None = None, auto_pair: float | None = None,
-            tier: str | None = None, create_delay: float = 0.5) -> Simulator:
+            tier: str | None = None, create_delay: float = 0.5,
+            storage_group: str = "shared") -> Simulator:
         """A pod and its simulator. WAHA pods are Plus unless `tier="core"` says otherwise."""
-        if self.storage_dir is None:
-            self.storage_dir = Path(tempfile.mkdtemp(prefix="wa-logins-"))
+        if storage_group not in self.storage_dirs:
+            self.storage_dirs[storage_group] = Path(tempfile.mkdtemp(prefix="wa-logins-"))
         sim = start_simulator(protocol, self.api_key_file, auto_pair=auto_pair,
                               webhooks=self.webhooks, worker_id=name,
                               tier=tier or ("plus" if protocol == "waha" else "default"),
-                              storage_dir=self.storage_dir, create_delay=create_delay)
+                              storage_dir=self.storage_dirs[storage_group],
+                              create_delay=create_delay)
         self.simulators[name] = sim
+        annotations = {"wa-controller.io/protocol": protocol,
+                       "wa-controller.io/port": str(sim.port),
+                       "wa-controller.io/capacity": str(capacity)}
+        if storage_group != "shared":
+            annotations[api.STORAGE_GROUP_ANNOTATION] = storage_group
         pod = {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
                 "name": name, "labels": {**INSTANCE_LABELS, **(labels or {})},
-                "annotations": {"wa-controller.io/protocol": protocol,
-                                "wa-controller.io/port": str(sim.port),
-                                "wa-controller.io/capacity": str(capacity)},
+                "annotations": annotations,
             },
             # nodeName: with no kubelet, a deleted pod then stays Terminating, as in life.
             "spec": {"nodeName": "simulated-node",
@@ -266,9 +287,14 @@ class Fleet:
             {"type": "Ready", "status": "True" if ready else "False"}]}
         self.core.patch_namespaced_pod_status(name, self.namespace, {"status": status})
 
-    def terminate(self, name: str) -> None:
+    def terminate(self, name: str, grace_seconds: int = 30) -> None:
         """Delete gracefully: with no kubelet the pod stays Terminating."""
-        self.core.delete_namespaced_pod(name, self.namespace)
+        self.core.delete_namespaced_pod(name, self.namespace,
+                                        grace_period_seconds=grace_seconds)
+
+    def annotate(self, name: str, key: str, value: str | None) -> None:
+        self.core.patch_namespaced_pod(name, self.namespace,
+                                       {"metadata": {"annotations": {key: value}}})
 
     def remove(self, name: str) -> None:
         """The pod is gone for good (and its process with it)."""
@@ -278,8 +304,8 @@ class Fleet:
     def stop_all(self) -> None:
         for sim in self.simulators.values():
             sim.stop()
-        if self.storage_dir is not None:
-            shutil.rmtree(self.storage_dir, ignore_errors=True)
+        for directory in self.storage_dirs.values():
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 class Accounts:
@@ -331,6 +357,25 @@ def running_operator(settings: Settings) -> Iterator[KopfRunner]:
     args += [f"--namespace={ns}" for ns in settings.namespaces]
     with KopfRunner(args, registry=build_registry(settings), timeout=60) as runner:
         yield runner
+
+
+@contextlib.contextmanager
+def operator_process(log: Path, *flags: str, **settings: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """`wa-controller run` as its own process (its whole log in `log`), stopped at the end.
+    `settings` become flags (`probe_interval=1` -> `--probe-interval=1`)."""
+    argv = [sys.executable, "-m", "controller", "run", *flags,
+            *(f"--{name.replace('_', '-')}={value}" for name, value in settings.items())]
+    with log.open("ab") as output:
+        process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def operator_settings(namespace: str, **overrides: Any) -> Settings:

@@ -42,6 +42,14 @@ ensure_postgres() {
   fi
 }
 
+# MariaDB for the tests of the MySQL side (the seed's database): Debian's MariaDB server
+# binaries (mariadbd, mariadb-install-db and its my_print_defaults), without the
+# mariadb-server package's system service: the tests start their own server on loopback,
+# and nothing is configured or started system-wide.
+ensure_mariadb() {
+  _ensure_debian_packages mariadb-server-core mariadb-client-core
+}
+
 # Debian's tools that build images without Docker: a root filesystem from Debian's
 # packages (debootstrap), OCI layouts (umoci), docker-archives (skopeo), static pause (gcc).
 ensure_image_tools() {

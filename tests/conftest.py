@@ -65,6 +65,20 @@ def kubectl(control_plane: ControlPlane, namespace: str) -> Kubectl:
     return Kubectl(control_plane.kubeconfig, namespace)
 
 
+@pytest.fixture
+def unanswered_kubeconfig(control_plane: ControlPlane, tmp_path: Path) -> Path:
+    """The test cluster's kubeconfig, pointing at a loopback port nothing listens on."""
+    import json
+
+    from devtools.control_plane import free_port
+
+    config = json.loads(control_plane.kubeconfig.read_text())
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{free_port()}"
+    path = tmp_path / "unanswered.kubeconfig"
+    path.write_text(json.dumps(config))
+    return path
+
+
 # --- the operator's world: API clients, instance simulators, accounts ---------------
 
 import base64  # noqa: E402
@@ -143,3 +157,48 @@ def pg_database(postgres: Postgres) -> Iterator[str]:
     yield name
     if postgres.running:
         postgres.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# --- a fault-injecting proxy in front of the API server -------------------------------
+
+from devtools.apiproxy import ApiProxy  # noqa: E402
+
+
+@pytest.fixture
+def proxy(control_plane: ControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+          ) -> Iterator[ApiProxy]:
+    """The operator (in-process or started by the test) reaches the API server through a
+    proxy that can hold status writes or throttle."""
+    with ApiProxy(control_plane) as running:
+        monkeypatch.setenv("KUBECONFIG", str(running.kubeconfig(tmp_path / "proxied")))
+        yield running
+
+
+# --- MariaDB: the seed's database family --------------------------------------------
+
+from devtools.mariadb import MariaDB, MariaDBError  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDB]:
+    try:
+        server = MariaDB()
+    except MariaDBError as error:
+        pytest.fail(str(error), pytrace=False)
+    try:
+        server.start()
+    except Exception as error:
+        server.remove()
+        pytest.fail(f"the test MariaDB did not start:\n{error}", pytrace=False)
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def mariadb_database(mariadb: MariaDB) -> Iterator[str]:
+    """A fresh, empty database per test; yields its SQLAlchemy URL (mysql+pymysql)."""
+    name = f"t_{secrets.token_hex(4)}"
+    mariadb.sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+    yield mariadb.url(name)
+    if mariadb.running:
+        mariadb.sql(f"DROP DATABASE IF EXISTS {name}")

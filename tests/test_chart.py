@@ -33,8 +33,9 @@ RELEASE = "wa"
 FULLNAME = "wa-wa-controller"
 SECRET = "wa-controller-instances"  # the Secret the fleet fixture creates
 
-# A stand-in for the Prometheus Operator's CRD, so that a ServiceMonitor can be dry-run.
-SERVICE_MONITOR_CRD = """
+# Stand-ins for the Prometheus Operator's CRDs, so that a ServiceMonitor and a
+# PrometheusRule can be dry-run.
+PROMETHEUS_OPERATOR_CRDS = """
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
 metadata: {name: servicemonitors.monitoring.coreos.com}
@@ -42,6 +43,19 @@ spec:
   group: monitoring.coreos.com
   scope: Namespaced
   names: {kind: ServiceMonitor, plural: servicemonitors, singular: servicemonitor}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: prometheusrules.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: PrometheusRule, plural: prometheusrules, singular: prometheusrule}
   versions:
     - name: v1
       served: true
@@ -69,9 +83,9 @@ class Helm:
 
 @pytest.fixture(scope="module")
 def chart_crds(control_plane: ControlPlane) -> None:
-    """The chart's CRDs (kopf's peering ones too) and a ServiceMonitor stand-in."""
+    """The chart's CRDs (kopf's peering ones too) and the Prometheus Operator stand-ins."""
     control_plane.kubectl("apply", "--server-side", "-f", str(CHART / "crds"))
-    control_plane.kubectl("apply", "-f", "-", stdin=SERVICE_MONITOR_CRD)
+    control_plane.kubectl("apply", "-f", "-", stdin=PROMETHEUS_OPERATOR_CRDS)
 
 
 @pytest.fixture
@@ -90,6 +104,7 @@ VARIANTS = {
     "defaults": [],
     "cluster-wide": ["--set", "clusterWide=true"],
     "metrics": ["--set", "metrics.serviceMonitor.enabled=true",
+                "--set", "metrics.prometheusRule.enabled=true",
                 "--set", "metrics.dashboard.enabled=true"],
     "pdb": ["--set", "replicas=2", "--set", "podDisruptionBudget.enabled=true"],
     "network-policy": ["--set", "networkPolicy.enabled=true",
@@ -110,6 +125,8 @@ def test_every_variant_passes_a_server_side_dry_run(helm: Helm, kubectl: Kubectl
                 "network-policy": "NetworkPolicy", "secrets-from-values": "Secret",
                 "no-endpoints": "Deployment"}[variant]
     assert expected in kinds
+    if variant == "metrics":
+        assert "PrometheusRule" in kinds
     if variant == "no-endpoints":
         assert "Service" not in kinds
     result = kubectl.run("apply", "--dry-run=server", "-f", "-", stdin=rendered)
@@ -123,6 +140,7 @@ def test_bad_values_are_refused_with_a_message_naming_the_value(helm: Helm) -> N
         ("--set", "replcas=2"): "replcas",
         ("--set", "mirror.table=Robert'); DROP TABLE"): "table",
         ("--set", "podDisruptionBudget.enabled=true"): "podDisruptionBudget.minAvailable",
+        ("--set", "metrics.prometheusRule.pairingFor=half an hour"): "pairingFor",
     }
     for values, named in cases.items():
         result = helm.run("template", RELEASE, str(CHART), *values, check=False)

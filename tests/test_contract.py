@@ -11,15 +11,18 @@ import os
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from controller.instances import (
     PROTOCOLS,
+    CallTimeouts,
     InstanceAuthError,
     InstanceError,
     InstanceHttp,
@@ -31,12 +34,11 @@ from controller.instances import (
     SessionState,
     build_adapter,
 )
-from controller.simulator import InstanceSimulator
+from controller.simulator import Fault, InstanceSimulator
 
 RECORDINGS = Path(os.environ.get(
     "WA_RECORDINGS", Path(__file__).resolve().parents[1].parent / "shared" / "recordings"))
 KEY = "recorded-key"
-BASE = "http://instance.test:3000"
 
 
 def _recordings() -> list[Path]:
@@ -132,46 +134,56 @@ async def test_the_simulator_answers_as_recorded(recording: Path, exchange: dict
 
 # --- the adapter reads each recorded answer for what it means ---------------------------
 
+@dataclass(frozen=True)
+class Sent:
+    """A request the adapter sent."""
+
+    method: str
+    path: str
+
+
 class RecordedService:
     """Answers the one recorded request with its recorded answer, and every other request an
-    operation makes with the service's ordinary answer (`neutral`)."""
+    operation makes with the service's ordinary answer (`neutral`), on a loopback server."""
 
     def __init__(self, exchange: dict[str, Any],
-                 neutral: Callable[[httpx.Request, dict[str, Any]], httpx.Response]) -> None:
+                 neutral: Callable[[Sent, dict[str, Any]], web.Response]) -> None:
         self.exchange, self.neutral = exchange, neutral
-        self.sent: list[httpx.Request] = []
+        self.sent: list[Sent] = []
 
-    def matches(self, request: httpx.Request) -> bool:
+    def matches(self, request: Sent) -> bool:
         recorded = self.exchange["request"]
-        return (request.method, request.url.path) == (recorded["method"], recorded["path"])
+        return (request.method, request.path) == (recorded["method"], recorded["path"])
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.sent.append(request)
-        if self.matches(request):
+    async def handle(self, request: web.Request) -> web.Response:
+        sent = Sent(request.method, request.path)
+        self.sent.append(sent)
+        if self.matches(sent):
             response = self.exchange["response"]
             body = response.get("body")
-            return httpx.Response(response["status"],
-                                  content=b"" if body is None else json.dumps(body).encode(),
-                                  headers={"Content-Type": "application/json"})
-        return self.neutral(request, self.exchange["request"])
+            return web.Response(status=response["status"],
+                                body=b"" if body is None else json.dumps(body).encode(),
+                                content_type="application/json")
+        return self.neutral(sent, self.exchange["request"])
 
 
-def _blazz_neutral(request: httpx.Request, recorded: dict[str, Any]) -> httpx.Response:
+def _blazz_neutral(request: Sent, recorded: dict[str, Any]) -> web.Response:
     if request.method == "GET" and recorded["method"] == "DELETE":  # the pod holds it
-        return httpx.Response(200, json={"session_id": "s", "status": "connected"})
+        return web.json_response({"session_id": "s", "status": "connected"})
     if request.method == "GET":
-        return httpx.Response(404, json={"error": "Session not found"})
-    return httpx.Response(200, json={"success": True, "status": "qr_scanning"})
+        return web.json_response({"error": "Session not found"}, status=404)
+    return web.json_response({"success": True, "status": "qr_scanning"})
 
 
-def _waha_neutral(request: httpx.Request, recorded: dict[str, Any]) -> httpx.Response:
+def _waha_neutral(request: Sent, recorded: dict[str, Any]) -> web.Response:
     creating = (recorded["method"], recorded["path"]) == ("POST", "/api/sessions")
     if request.method == "GET" and creating:
-        return httpx.Response(404, json={"statusCode": 404, "message": "Session not found"})
+        return web.json_response({"statusCode": 404, "message": "Session not found"},
+                                 status=404)
     if request.method == "GET":
-        name = request.url.path.rsplit("/", 1)[-1]
-        return httpx.Response(200, json={"name": name, "status": "STOPPED", "config": None})
-    return httpx.Response(201)
+        name = request.path.rsplit("/", 1)[-1]
+        return web.json_response({"name": name, "status": "STOPPED", "config": None})
+    return web.Response(status=201)
 
 
 NEUTRAL = {"blazz": _blazz_neutral, "waha": _waha_neutral}
@@ -243,14 +255,14 @@ def _succeeded(result: Any) -> None:
 def _created(result: Any, service: RecordedService) -> None:
     """A session absent (or a restore that failed) ends in exactly one create."""
     assert result is None, result
-    creates = [r for r in service.sent if (r.method, r.url.path) == ("POST", "/api/sessions")]
+    creates = [r for r in service.sent if (r.method, r.path) == ("POST", "/api/sessions")]
     assert len(creates) == 1
 
 
 def _started(result: Any, service: RecordedService) -> None:
     """A session that exists (WAHA's 422 "already exists") is started, not created again."""
     assert result is None, result
-    assert any(r.method == "POST" and r.url.path.endswith("/start") for r in service.sent)
+    assert any(r.method == "POST" and r.path.endswith("/start") for r in service.sent)
 
 
 def _failed(result: Any, said: str) -> None:
@@ -268,10 +280,18 @@ async def test_the_adapter_reads_what_the_service_meant(recording: Path,
                                                         exchange: dict[str, Any]) -> None:
     protocol, _ = _protocol_and_tier(recording)
     service = RecordedService(_substitute(exchange), NEUTRAL[protocol])
-    http = InstanceHttp(timeout=5, transport=httpx.MockTransport(service))
-    adapter = build_adapter(protocol, http, BASE, KEY, info=InstanceInfo())
-    result = await _operation(protocol, exchange, adapter)
-    await http.aclose()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", service.handle)
+    server = TestServer(app)
+    await server.start_server()
+    http = InstanceHttp(timeout=5)
+    try:
+        adapter = build_adapter(protocol, http, str(server.make_url("")), KEY,
+                                info=InstanceInfo())
+        result = await _operation(protocol, exchange, adapter)
+    finally:
+        await http.aclose()
+        await server.close()
     if not service.sent:
         return  # a call no adapter makes; the simulator test covers it
     assert any(service.matches(r) for r in service.sent), \
@@ -293,3 +313,33 @@ def test_every_recorded_state_word_is_known_to_its_adapter() -> None:
         words = [w for w in states if not w.startswith("(")]
         for word in words:
             assert PROTOCOLS[protocol].normalize(word) is not SessionState.UNKNOWN, word
+
+
+# --- deadlines: a start's own requests wait as long as a start may take -----------------
+
+@pytest.mark.parametrize(("protocol", "tier"), [("blazz", "default"), ("waha", "plus")])
+async def test_a_busy_pod_slower_than_a_probe_still_gets_the_start_once(protocol: str,
+                                                                        tier: str) -> None:
+    """A pod busy launching browsers answers every request late. Its inventory may be given
+    up at the probe's deadline, but the questions a start asks first belong to the start:
+    giving up on them would send the session to another pod for nothing."""
+    sim = InstanceSimulator(protocol, api_key=KEY, tier=tier, create_delay=0,
+                            fault=Fault.SLOW, delay=0.3)
+    server = TestServer(sim.app())
+    await server.start_server()
+    http = InstanceHttp(timeout=5)
+    adapter = build_adapter(protocol, http, str(server.make_url("")).rstrip("/"), KEY,
+                            info=InstanceInfo(), timeouts=CallTimeouts(probe=0.1, start=5,
+                                                                       stop=5))
+    try:
+        with pytest.raises(InstanceUnavailable) as late:
+            await adapter.inventory()
+        assert late.value.kind == "timeout"
+        await adapter.start(SessionRequest("s1", "1", "1", resume=False))
+        assert (sim.starts.creates, sim.starts.double_creates) == (1, 0)
+        await adapter.stop("s1", "1")
+        assert sim.starts.stops == 1
+    finally:
+        await http.aclose()
+        await server.close()
+        await sim.aclose()

@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,15 +65,6 @@ def tolerant_connected(accounts: Accounts, count: int, pods: set[str]) -> bool:
 
 def warnings(core: k8s.CoreV1Api, accounts: Accounts, name: str, reason: str) -> list[str]:
     return [m for t, r, m in accounts.events(core, name) if (t, r) == ("Warning", reason)]
-
-
-@pytest.fixture
-def proxy(control_plane: ControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-          ) -> Iterator[ApiProxy]:
-    """The operator reaches the API server through a proxy that can hold status writes."""
-    with ApiProxy(control_plane) as running:
-        monkeypatch.setenv("KUBECONFIG", str(running.kubeconfig(tmp_path / "proxied")))
-        yield running
 
 
 def test_status_writes_slower_than_the_grace_never_start_a_session_twice(

@@ -6,7 +6,14 @@ from collections import Counter
 
 import pytest
 
-from controller.fleet import InstanceDefaults, PodHealth, PodSnapshot, least_loaded, pod_view
+from controller.fleet import (
+    InstanceDefaults,
+    PodHealth,
+    PodSnapshot,
+    least_loaded,
+    pod_view,
+    selector_problem,
+)
 from controller.instances import ObservedSession, SessionState
 
 DEFAULTS = InstanceDefaults(protocol="blazz", port=3000, capacity=50)
@@ -120,3 +127,28 @@ def test_stopped_sessions_do_not_count_as_load() -> None:
     stopped = {"s": ObservedSession("s", SessionState.STOPPED, "STOPPED")}
 
     assert PodSnapshot(base.view, PodHealth.OK, stopped).eligible
+
+
+@pytest.mark.parametrize(
+    ("selector", "problem"),
+    [
+        (None, None),
+        ({}, None),
+        ({"pool": "eu", "example.com/tier": "gold", "a": ""}, None),
+        ({"a" * 63: "b" * 63}, None),
+        ({f"{'d' * 253}/{'n' * 63}": "v"}, None),
+        ({"a" * 64: "v"}, f"instanceSelector key '{'a' * 64}' is not a label key"),
+        ({"x" * 300_000: "v"}, f"instanceSelector key '{'x' * 80}... (300000 characters)' is "
+                               "not a label key"),
+        ({"Upper.Case/name": "v"}, "instanceSelector key 'Upper.Case/name' is not a label key"),
+        ({"-pool": "v"}, "instanceSelector key '-pool' is not a label key"),
+        ({"pool": "v" * 64}, "instanceSelector value of 'pool' is not a label value"),
+        ({"pool": "a b"}, "instanceSelector value of 'pool' is not a label value"),
+        ({f"k{n}": "v" for n in range(1000)}, "instanceSelector has 1000 labels; at most 16"),
+    ],
+    ids=["none", "empty", "valid", "longest-name-and-value", "longest-prefix", "name-64",
+         "key-300kB", "upper-prefix", "leading-dash", "value-64", "value-space", "1000-entries"],
+)
+def test_selector_problems_follow_the_kubernetes_label_rules(
+        selector: dict[str, str] | None, problem: str | None) -> None:
+    assert selector_problem(selector) == problem

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,6 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from controller import metrics
 from controller.mirror import engine_for, upgrade
 from controller.mirror.rows import row_of
 from controller.mirror.schema import mirror_table
@@ -23,9 +23,11 @@ from devtools.harness import (
     all_connected,
     operator_settings,
     running_operator,
+    scrape,
     seed_sessions,
     wait_for,
 )
+from devtools.mariadb import MariaDB
 from devtools.postgres import Postgres
 
 pytestmark = pytest.mark.integration
@@ -33,10 +35,12 @@ TABLE = "whatsapp_accounts"
 MIRROR = mirror_table(TABLE)
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture(params=["postgresql", "mariadb", "sqlite"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'mirror.sqlite'}"
+    if request.param == "mariadb":
+        return str(request.getfixturevalue("mariadb_database"))
     postgres: Postgres = request.getfixturevalue("postgres")
     return postgres.url(database=request.getfixturevalue("pg_database"))
 
@@ -44,6 +48,23 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def pg_url(postgres: Postgres, pg_database: str) -> str:
     return postgres.url(database=pg_database)
+
+
+@dataclass(frozen=True)
+class Served:
+    """A database on a server the test can stop and start."""
+
+    url: str
+    server: Postgres | MariaDB
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def served(request: pytest.FixtureRequest) -> Served:
+    if request.param == "mariadb":
+        return Served(str(request.getfixturevalue("mariadb_database")),
+                      request.getfixturevalue("mariadb"))
+    postgres: Postgres = request.getfixturevalue("postgres")
+    return Served(postgres.url(database=request.getfixturevalue("pg_database")), postgres)
 
 
 @pytest.fixture
@@ -111,24 +132,25 @@ def test_rows_follow_an_account_through_its_life(
 
 
 def test_the_steady_state_sends_no_statement(
-    namespace: str, fleet: Fleet, accounts: Accounts, pg_url: str
+    namespace: str, fleet: Fleet, accounts: Accounts, served: Served
 ) -> None:
     fleet.add("wa-0", auto_pair=0.2)
-    engine = engine_for(pg_url)
+    engine = engine_for(served.url)
     port = free_port()
-    with running_operator(operator_settings(namespace, database_url=pg_url, metrics_port=port)):
+    with running_operator(operator_settings(namespace, database_url=served.url,
+                                            metrics_port=port)):
         for i in range(5):
             accounts.create(f"acct-{i}")
         wait_for("5 rows mirrored", lambda: all_connected(accounts, 5) and mirrors(engine, accounts)
                  and all(condition(accounts, f"acct-{i}") == ("True", "RowWritten")
                          for i in range(5)))
-        before = metrics.MIRROR_STATEMENTS._value.get()
+        before = scrape(port)["wa_controller_mirror_statements_total"]
         stamps = {n: r["updated_at"] for n, r in rows(engine).items()}
         sims_before = fleet.simulators["wa-0"].requests()
         # Several probe cycles (1 s each) with nothing changing.
         wait_for("four probe cycles",
                  lambda: fleet.simulators["wa-0"].requests() >= sims_before + 4)
-        assert metrics.MIRROR_STATEMENTS._value.get() == before
+        assert scrape(port)["wa_controller_mirror_statements_total"] == before
         assert {n: r["updated_at"] for n, r in rows(engine).items()} == stamps
         scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         assert "wa_controller_mirror_lag_seconds 0.0" in scraped
@@ -139,8 +161,9 @@ def test_the_steady_state_sends_no_statement(
 
 
 def test_a_database_outage_loses_nothing_and_resurrects_nothing(
-    namespace: str, fleet: Fleet, accounts: Accounts, postgres: Postgres, pg_url: str
+    namespace: str, fleet: Fleet, accounts: Accounts, served: Served
 ) -> None:
+    pg_url, postgres = served.url, served.server
     fleet.add("wa-0", auto_pair=0.2)
     fleet.add("wa-1", auto_pair=0.2)
     seed_sessions(fleet, accounts, {"wa-0": ["keep", "move", "drop"]})
@@ -171,8 +194,9 @@ def test_a_database_outage_loses_nothing_and_resurrects_nothing(
 
 
 def test_a_resync_at_start_fixes_what_changed_while_the_operator_was_down(
-    namespace: str, fleet: Fleet, accounts: Accounts, pg_url: str
+    namespace: str, fleet: Fleet, accounts: Accounts, served: Served
 ) -> None:
+    pg_url = served.url
     fleet.add("wa-0", auto_pair=0.2)
     seed_sessions(fleet, accounts, {"wa-0": ["a", "b", "c"]})
     engine = engine_for(pg_url)
@@ -208,7 +232,7 @@ def test_migrations_run_on_an_empty_database_and_on_the_previous_schema(
     assert {c["name"] for c in inspector.get_columns(TABLE)} == {
         c.name for c in mirror_table(TABLE).columns}
     assert {i["name"] for i in inspector.get_indexes(TABLE)} == {
-        f"ix_{TABLE}_account_uuid", f"ix_{TABLE}_session_id"}
+        f"ix_{TABLE}_account_uuid", f"ix_{TABLE}_session_id", f"ix_{TABLE}_owner_namespace"}
     assert rows(table)["old"]["session_id"] == "s1"
 
 
@@ -261,13 +285,15 @@ def test_bad_database_configuration_is_reported_and_reconciling_goes_on(
                      "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
     fleet.add("wa-0", auto_pair=0.2)
     caplog.set_level(logging.ERROR, logger="wa_controller.mirror")
+    port = free_port()
     with running_operator(operator_settings(namespace, database_url=url, database_migrate=False,
-                                            mirror_retry_max=1.0)):
+                                            mirror_retry_max=1.0, metrics_port=port)):
         accounts.create("acct")
         wait_for("the account Connected anyway", lambda: all_connected(accounts, 1))
         wait_for(f"Mirrored=False, {reason}",
                  lambda: condition(accounts, "acct") == ("False", reason), timeout=40)
+        failures = scrape(port)[f'wa_controller_mirror_failures_total{{reason="{reason}"}}']
     logged = [r.getMessage() for r in caplog.records if r.name == "wa_controller.mirror"]
     assert any(reason in line for line in logged), logged
-    assert metrics.MIRROR_FAILURES.labels(reason)._value.get() > 0
+    assert failures > 0
     assert not any("not-the-password" in line for line in logged)

@@ -275,7 +275,9 @@ def test_ineligible_pods_get_nothing_and_pending_accounts_wait_for_room(
         assert "terminating" in assigned["message"]
 
         fleet.set_status("unready", ready=True)
-        wait_for("waiting placed once a pod is eligible",
-                 lambda: accounts.pod_of("waiting") == "unready")
-        assert "waiting" in fleet.simulators["unready"].sessions()
+        # The status names the pod as soon as the start is in line for its slot; the
+        # session is on the instance once the start call went out.
+        wait_for("waiting placed and started once a pod is eligible",
+                 lambda: accounts.pod_of("waiting") == "unready"
+                 and "waiting" in fleet.simulators["unready"].sessions())
         assert fleet.simulators["leaving"].sessions() == {}

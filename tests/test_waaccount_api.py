@@ -62,18 +62,41 @@ def test_printer_columns_show_the_observed_status(kubectl: Kubectl) -> None:
         ("sessionId: " + "s" * 129 + "\n", "spec.sessionId: Too long"),
         ("sessionId: -leading-dash\n", "spec.sessionId: Invalid value"),
         ("sessionId: s1\nworkspaceId: " + "w" * 65 + "\n", "spec.workspaceId: Too long"),
+        ("sessionId: s1\ninstanceSelector: {'bad key!': eu}\n",
+         "spec.instanceSelector: Invalid value: \"object\": instanceSelector keys must be label "
+         "keys"),
+        # An explicit YAML key: an implicit one is at most 1024 characters long.
+        ("sessionId: s1\ninstanceSelector:\n  ? " + "k" * 300_000 + "\n  : eu\n",
+         "spec.instanceSelector: Invalid value: \"object\": instanceSelector keys must be label "
+         "keys"),
+        ("sessionId: s1\ninstanceSelector: {pool: 'not a value'}\n",
+         "spec.instanceSelector.pool: Invalid value: \"not a value\""),
+        ("sessionId: s1\ninstanceSelector: {pool: " + "v" * 64 + "}\n",
+         "spec.instanceSelector.pool: Too long"),
+        ("sessionId: s1\ninstanceSelector: {" + ", ".join(f"k{n}: v" for n in range(1000))
+         + "}\n", "spec.instanceSelector: Too many: 1000: must have at most 16 items"),
     ],
     ids=["missing-session", "phone-letters", "unknown-state", "long-session", "bad-session",
-         "long-workspace"],
+         "long-workspace", "selector-key", "selector-key-300kB", "selector-value",
+         "selector-value-64", "selector-1000-entries"],
 )
 def test_invalid_specs_are_rejected_naming_the_field(
     kubectl: Kubectl, spec: str, expected: str
 ) -> None:
-    result = kubectl.run("apply", "-f", "-", stdin=account("bad", spec), check=False)
+    # create, not apply: apply would also store the object in an annotation, which a
+    # 300 kB key makes too long before the schema is even looked at.
+    result = kubectl.run("create", "-f", "-", stdin=account("bad", spec), check=False)
 
     assert result.returncode != 0
     assert expected in result.stderr
     assert kubectl.run("get", "waa", "bad", check=False).returncode != 0
+
+
+def test_a_valid_instance_selector_is_accepted(kubectl: Kubectl) -> None:
+    kubectl.apply(account("shop", "sessionId: s1\ninstanceSelector:\n  example.com/pool: eu-1\n"
+                                  "  tier: ''\n  " + "n" * 63 + ": " + "v" * 63 + "\n"))
+
+    assert get(kubectl, "shop")["spec"]["instanceSelector"]["example.com/pool"] == "eu-1"
 
 
 def test_session_id_cannot_change_after_creation(kubectl: Kubectl) -> None:

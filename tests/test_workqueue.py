@@ -3,23 +3,8 @@ key at a time, and per-key exponential backoff, without waiting in real time."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 from controller.workqueue import Backoff, WorkQueue
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.seconds = 1000.0
-
-    def monotonic(self) -> float:
-        return self.seconds
-
-    def now(self) -> datetime:
-        return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=self.seconds)
-
-    def advance(self, seconds: float) -> None:
-        self.seconds += seconds
+from devtools.fake_clock import FakeClock
 
 
 def drain(queue: WorkQueue[str]) -> list[str]:

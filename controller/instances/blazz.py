@@ -96,11 +96,13 @@ class BlazzAdapter(InstanceAdapter):
             sessions[session_id] = self.observed(session_id, entry.get("status"))
         return InventoryReport(sessions, tuple(skipped))
 
-    async def _held(self, session_id: str) -> ObservedSession | None:
-        """The session as this pod holds it now, or None (one request)."""
+    async def _held(self, session_id: str, deadline: float) -> ObservedSession | None:
+        """The session as this pod holds it now, or None (one request). It is part of a
+        start or a stop and has its deadline: a pod busy launching browsers answers slowly,
+        and a start given up at a probe's deadline would go elsewhere for nothing."""
         status, answer = await self.http.request(
             "GET", f"{self.base_url}/api/sessions/{session_id}/status",
-            params={"api_key": self.api_key}, ok=(200, 404), deadline=self.timeouts.probe)
+            params={"api_key": self.api_key}, ok=(200, 404), deadline=deadline)
         if status == 404:
             return None
         return self.observed(session_id, (answer or {}).get("status"))
@@ -114,14 +116,14 @@ class BlazzAdapter(InstanceAdapter):
         `success: true` (the recorded service always answers 500), create follows.
         """
         session = request.session_id
-        held = await self._held(session)
+        held = await self._held(session, self.timeouts.start)
         if held is not None and held.raw_status not in _DEAD:
             return  # it runs here already (or is being created): nothing to send
         if held is not None:  # a dead copy: replace it
             await self._delete(session, request.workspace_id)
         if request.resume and await self._restored(request):
             return
-        if request.resume and await self._held(session) is not None:
+        if request.resume and await self._held(session, self.timeouts.start) is not None:
             return  # the failed restore brought it back after all
         await self.http.request(
             "POST",
@@ -156,7 +158,7 @@ class BlazzAdapter(InstanceAdapter):
         Only a session the pod holds is deleted: for one it does not hold, the service
         deletes the session's files from disk, which is its stored login.
         """
-        if await self._held(session_id) is None:
+        if await self._held(session_id, self.timeouts.stop) is None:
             return
         await self._delete(session_id, workspace_id)
 

@@ -163,7 +163,7 @@ class WahaAdapter(InstanceAdapter):
         base = f"{self.base_url}/api/sessions"
         status, current = await self.http.request(
             "GET", f"{base}/{name}", headers=self._auth, ok=(200, 404),
-            deadline=self.timeouts.probe)
+            deadline=self.timeouts.start)  # part of the start: a busy pod answers slowly
         if status == 200 and isinstance(current, dict):
             owner = _owner(current) or name
             word = current.get("status")
@@ -176,7 +176,7 @@ class WahaAdapter(InstanceAdapter):
             if owner != request.session_id:  # claim the Core pod's `default` for this account
                 await self.http.request("PUT", f"{base}/{name}", headers=self._auth,
                                         body={"name": name, "config": config},
-                                        deadline=self.timeouts.probe)
+                                        deadline=self.timeouts.start)
             await self.http.request("POST", f"{base}/{name}/start", headers=self._auth,
                                     deadline=self.timeouts.start)
             return

@@ -29,6 +29,20 @@ def mirror_table(name: str, metadata: MetaData | None = None) -> Table:
         Column("instance_url", String(512)),
         Column("updated_at", DateTime(timezone=True), nullable=False),
         Column("deleted_at", DateTime(timezone=True)),
+        Column("owner", String(128)),
         Index(f"ix_{name}_account_uuid", "account_uuid"),
         Index(f"ix_{name}_session_id", "session_id"),
+        Index(f"ix_{name}_owner_namespace", "owner", "namespace"),
     )
+
+
+def application_table(name: str, key: str, url: str, status: str | None) -> Table:
+    """The columns of the application's own table the mirror reads and writes (the table
+    is the application's: nothing here creates or migrates it)."""
+    for identifier in (name, key, url, status):
+        if identifier is not None and not IDENTIFIER.match(identifier):
+            raise ValueError(f"{identifier!r} is not a plain lower-case SQL identifier")
+    columns = [Column(key, String(255), primary_key=True), Column(url, String(512))]
+    if status:
+        columns.append(Column(status, String(64)))
+    return Table(name, MetaData(), *columns)

@@ -1,0 +1,169 @@
+"""The mirror's shell on an SQLite file, with the API server played by plain functions: a
+failed listing is the API server's fault, not the database's, and the Mirrored condition
+is retried until it is written."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from controller.mirror import Mirror, MirrorStore, engine_for
+from controller.mirror.service import CONDITION_HOLD
+from devtools.fake_clock import FakeClock
+from tests.test_mirror import MIRROR
+
+
+def account(name: str) -> dict[str, Any]:
+    return {"metadata": {"uid": f"uid-{name}", "namespace": "ns", "name": name,
+                         "resourceVersion": "1", "generation": 1},
+            "spec": {"sessionId": name}, "status": {"phase": "Connected"}}
+
+
+def store(tmp_path: Path) -> MirrorStore:
+    return MirrorStore(engine_for(f"sqlite:///{tmp_path / 'mirror.sqlite'}"),
+                       "whatsapp_accounts", None, owner="ns/wa-controller")
+
+
+async def until(what: str, condition: Any, within: float = 10.0) -> None:
+    """Poll `condition` every 50 ms for `within` seconds, or fail saying what never happened."""
+    for _ in range(int(within / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {within:.0f} s waiting for {what}")
+
+
+async def test_a_listing_the_api_server_refuses_is_not_called_a_database_failure(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    listings = 0
+
+    async def throttled() -> list[dict[str, Any]]:
+        nonlocal listings
+        listings += 1
+        raise ApiException(status=429, reason="Too Many Requests")
+
+    applied: list[dict[str, Any]] = []
+
+    async def apply(namespace: str, name: str, manager: str, condition: dict[str, Any]) -> bool:
+        applied.append(condition)
+        return True
+
+    caplog.set_level(logging.INFO, logger="wa_controller.mirror")
+    mirror = Mirror(store(tmp_path), list_accounts=throttled, apply_condition=apply,
+                    migrate=True, retry_max=0.05)
+    mirror.observe("ADDED", account("a1"))
+    mirror.start()
+    try:
+        await until("three listings tried", lambda: listings >= 3)
+    finally:
+        await mirror.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "wa_controller.mirror"]
+    assert lines == ["the mirror cannot list WAAccounts from the API server (ApiException: "
+                     "(429)\nReason: Too Many Requests\n); retrying (the database is not at "
+                     "fault)"]
+    assert applied == []  # no Mirrored=False: the database is not at fault
+
+
+async def test_the_mirrored_condition_is_retried_until_it_is_written(tmp_path: Path) -> None:
+    attempts = 0
+
+    async def listed() -> list[dict[str, Any]]:
+        return [account("a1")]
+
+    async def flaky_apply(namespace: str, name: str, manager: str,
+                          condition: dict[str, Any]) -> bool:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise ApiException(status=500, reason="etcd is away")
+        return True
+
+    mirror = Mirror(store(tmp_path), list_accounts=listed, apply_condition=flaky_apply,
+                    migrate=True, retry_max=1.0)
+    mirror.observe("ADDED", account("a1"))
+    mirror.start()
+    try:
+        await until("the condition written at the third attempt", lambda: attempts == 3)
+        await asyncio.sleep(0.2)
+    finally:
+        await mirror.close()
+    assert attempts == 3
+
+
+async def test_an_account_deleted_before_the_watch_saw_it_is_soft_deleted_at_the_resync(
+        tmp_path: Path) -> None:
+    """Deleted between the mirror's listing and the watch's: no DELETED event ever comes.
+    The periodic resync asks the API server which accounts exist."""
+    existing = {"uid-a1", "uid-a2"}
+
+    async def listed() -> list[dict[str, Any]]:
+        return [account(n) for n in ("a1", "a2")]
+
+    async def uids() -> set[str]:
+        return set(existing)
+
+    async def apply(namespace: str, name: str, manager: str, condition: dict[str, Any]) -> bool:
+        return True
+
+    mirror_store = store(tmp_path)
+    mirror = Mirror(mirror_store, list_accounts=listed, list_uids=uids, apply_condition=apply,
+                    migrate=True, resync_interval=0.2)
+
+    def live_rows() -> set[str]:
+        if not sa.inspect(mirror_store.engine).has_table(MIRROR.name):
+            return set()  # not migrated yet
+        with mirror_store.engine.connect() as db:
+            return {r.name for r in db.execute(sa.select(MIRROR)) if r.deleted_at is None}
+
+    mirror.start()
+    try:
+        await until("both rows written", lambda: live_rows() == {"a1", "a2"})
+        existing.discard("uid-a2")  # deleted, and the watch never told
+        await until("a2's row soft-deleted", lambda: live_rows() == {"a1"})
+    finally:
+        await mirror.close()
+
+
+async def test_the_condition_of_an_account_on_its_way_waits_for_its_next_write(
+        tmp_path: Path) -> None:
+    """A Starting account is written again when its session comes up: its Mirrored
+    condition waits for that (or for the hold), so that it never sits between the two
+    writes and turns the second into a conflict."""
+    clock = FakeClock()
+    applied: list[str] = []
+
+    def starting(name: str) -> dict[str, Any]:
+        return {**account(name), "status": {"phase": "Starting"}}
+
+    async def listed() -> list[dict[str, Any]]:
+        return [starting("a1"), account("a2")]
+
+    async def apply(namespace: str, name: str, manager: str, condition: dict[str, Any]) -> bool:
+        applied.append(name)
+        return True
+
+    mirror = Mirror(store(tmp_path), list_accounts=listed, apply_condition=apply,
+                    migrate=True, clock=clock)
+    mirror.start()
+    try:
+        await until("the Connected account's condition", lambda: applied == ["a2"])
+        await asyncio.sleep(0.3)  # the workers were free: a1 would have gone meanwhile
+        assert applied == ["a2"], "the Starting account's condition did not wait"
+        mirror.observe("MODIFIED", account("a1"))  # its session came up: at once
+        await until("a1's condition once it is Connected", lambda: applied == ["a2", "a1"])
+
+        mirror.observe("ADDED", starting("a3"))
+        await asyncio.sleep(0.3)
+        assert applied == ["a2", "a1"]
+        clock.advance(CONDITION_HOLD)
+        mirror.observe("ADDED", account("a4"))  # wakes the queue, a3 is due by now
+        await until("a3's condition after the hold, still Starting",
+                    lambda: sorted(applied[2:]) == ["a3", "a4"])
+    finally:
+        await mirror.close()
