@@ -264,8 +264,8 @@ class Kube:
                     break
         return uids
 
-    async def secret_value(self, namespace: str, name: str, key: str) -> str | None:
-        """One value of a Secret, or None when the Secret or the key is absent."""
+    async def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's values, decoded, or None when the Secret is absent."""
         try:
             secret = await self._call("a Secret read", self._core.read_namespaced_secret,
                                       name, namespace)
@@ -273,8 +273,11 @@ class Kube:
             if error.status == 404:
                 return None
             raise
-        raw = (secret.data or {}).get(key)
-        return base64.b64decode(raw).decode() if raw is not None else None
+        return {key: base64.b64decode(raw).decode() for key, raw in (secret.data or {}).items()}
+
+    async def secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        """One value of a Secret, or None when the Secret or the key is absent."""
+        return ((await self.secret_data(namespace, name)) or {}).get(key)
 
     async def missing_namespaces(self, namespaces: list[str]) -> set[str]:
         """Which of `namespaces` do not exist (listed by name: `list` is all RBAC grants)."""

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
 from controller import metrics
+from controller.clock import Clock, SystemClock
 from controller.events import EventRecorder
 from controller.http_server import (
     LISTENER_SETTINGS,
@@ -38,22 +40,50 @@ from controller.webhooks import WebhookLimits, WebhookReceiver
 logger = logging.getLogger("wa_controller.services")
 
 
-def relay_destinations(kube: Kube, settings: Settings
+RELAY_SECRET_MAX_AGE = 10.0  # seconds a namespace's relay Secret is used before re-reading
+
+
+def relay_destinations(read: Callable[[str], Awaitable[Mapping[str, str] | None]],
+                       clock: Clock | None = None
                        ) -> Callable[[str], Awaitable[Destination | None]]:
-    """Where each namespace's events go: its relay Secret, re-read every 10 s (a rotated
-    secret or a new URL is in force within seconds; a deleted Secret stops the relay)."""
+    """Where each namespace's events go: `read(namespace)` gives its relay Secret's data,
+    re-read every 10 s (a rotated secret or a new URL is in force within seconds; a deleted
+    Secret stops the relay). One read per namespace at a time: the relays waiting for it
+    share its answer (a burst of events would otherwise read it once per event). A read
+    that fails keeps what was known, logged once per namespace until it reads again."""
+    clock = clock or SystemClock()
     cache: dict[str, tuple[float, Destination | None]] = {}
+    locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+    failing: set[str] = set()
+
+    def fresh(namespace: str) -> tuple[float, Destination | None] | None:
+        cached = cache.get(namespace)
+        if cached is not None and clock.monotonic() - cached[0] < RELAY_SECRET_MAX_AGE:
+            return cached
+        return None
 
     async def destination(namespace: str) -> Destination | None:
-        now = time.monotonic()
-        cached = cache.get(namespace)
-        if cached is not None and now - cached[0] < 10.0:
+        if (cached := fresh(namespace)) is not None:
             return cached[1]
-        url = await kube.secret_value(namespace, settings.relay_secret, "url")
-        secret = await kube.secret_value(namespace, settings.relay_secret, "hmac-secret")
-        found = Destination(url, secret) if url and secret else None
-        cache[namespace] = (now, found)
-        return found
+        async with locks[namespace]:
+            if (cached := fresh(namespace)) is not None:
+                return cached[1]  # read by another caller meanwhile
+            known = cache.get(namespace, (0.0, None))[1]
+            try:
+                data = await read(namespace) or {}
+            except Exception as error:  # the API server is away: keep what we know
+                if namespace not in failing:
+                    failing.add(namespace)
+                    logger.warning("the relay Secret of namespace %s cannot be read (%s); "
+                                   "relaying with what was read before", namespace,
+                                   f"{type(error).__name__}: {error}"[:200])
+                cache[namespace] = (clock.monotonic(), known)
+                return known
+            failing.discard(namespace)
+            url, secret = data.get("url"), data.get("hmac-secret")
+            found = Destination(url, secret) if url and secret else None
+            cache[namespace] = (clock.monotonic(), found)
+            return found
 
     return destination
 
@@ -181,7 +211,8 @@ class Services:
         metrics_socket = listeners.take("metrics_port")
         if metrics_socket is not None:
             servers.append(HttpServer(metrics_app(), metrics_socket))
-        relay = Relay(relay_destinations(kube, settings), RelayLimits(
+        relay = Relay(relay_destinations(
+            functools.partial(kube.secret_data, name=settings.relay_secret)), RelayLimits(
             max_events=settings.relay_queue_max, max_bytes=settings.relay_queue_bytes,
             attempts=settings.relay_attempts, timeout=settings.relay_timeout))
         webhook_socket = listeners.take("webhook_port")

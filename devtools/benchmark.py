@@ -193,6 +193,32 @@ class StatusWatch:
                 self._mirrored_at[name] = time.monotonic()
 
 
+# Who else shares the machine, by the name of the program each process runs.
+PARTS = {"kube-apiserver": "api_server", "etcd": "etcd", "postgres": "postgres"}
+
+
+def cpu_by_part(operator: int) -> Counter[str]:
+    """CPU seconds so far of each part sharing the machine, from /proc: which of them a
+    burst waits for when the two cores are busy."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parts: Counter[str] = Counter()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        pid, program = int(proc.name), Path(argv[0].decode(errors="replace")).name
+        part = ("operator" if pid == operator else "benchmark" if pid == os.getpid()
+                else "simulators" if b"simulate-instance" in argv
+                else PARTS.get(program.split(":")[0]))
+        if part is not None:
+            parts[part] += (int(stat[11]) + int(stat[12])) / tick
+    return parts
+
+
 @dataclass
 class Operator:
     process: subprocess.Popen[bytes]
@@ -320,19 +346,30 @@ class Bench:
             "WHERE deleted_at IS NULL", database="bench")
         return {str(name): (pod, stamp) for name, pod, stamp in found}  # type: ignore[misc]
 
-    def status_writes(self) -> tuple[int, int]:
-        """WAAccount status PATCHes the API server served so far, and of them those refused
-        as conflicts (409: written at an older resourceVersion), by its own counter."""
+    def api_requests(self) -> Counter[tuple[str, str, str]]:
+        """Requests the API server served so far by (verb, resource[/subresource], code), by
+        its own counter (`apiserver_request_total`)."""
         text = httpx.get(f"{self.plane.server}/metrics", verify=str(self.plane.ca_file),
                          headers={"Authorization": f"Bearer {self.plane.token}"},
                          timeout=30).text
-        total = conflicts = 0.0
+        served: Counter[tuple[str, str, str]] = Counter()
         for line in text.splitlines():
-            if line.startswith("apiserver_request_total{") and 'resource="waaccounts"' in line \
-                    and 'subresource="status"' in line and 'verb="PATCH"' in line:
-                total += float(line.rsplit(" ", 1)[1])
-                conflicts += float(line.rsplit(" ", 1)[1]) if 'code="409"' in line else 0
-        return int(total), int(conflicts)
+            if line.startswith("apiserver_request_total{"):
+                labels = dict(part.split("=", 1) for part in
+                              line[line.index("{") + 1:line.rindex("}")].split(","))
+                label = {key: value.strip('"') for key, value in labels.items()}
+                resource = label.get("resource", "") + (
+                    f"/{label['subresource']}" if label.get("subresource") else "")
+                served[(label.get("verb", ""), resource, label.get("code", ""))] += int(
+                    float(line.rsplit(" ", 1)[1]))
+        return served
+
+    def status_writes(self) -> tuple[int, int]:
+        """WAAccount status PATCHes the API server served so far, and of them those refused
+        as conflicts (409: written at an older resourceVersion)."""
+        patches = {code: count for (verb, resource, code), count in self.api_requests().items()
+                   if verb == "PATCH" and resource == "waaccounts/status"}
+        return sum(patches.values()), patches.get("409", 0)
 
     def instance_requests(self) -> Counter[str]:
         """Requests the instances served so far, by route (the control API not counted)."""
@@ -354,7 +391,9 @@ class Bench:
         self.report.add("operator RSS before the burst", f"{rss:.0f} MiB", idle_rss_mib=rss)
         print(f"\nburst: creating {n} WAAccounts at once", flush=True)
         writes_before = self.status_writes()
+        requests_before = self.api_requests()
         cpu_before = self.operator.cpu_seconds()
+        parts_before = cpu_by_part(self.operator.process.pid)
         started = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda i: self.accounts.create(
@@ -366,9 +405,14 @@ class Bench:
                                lambda _, pod, phase: phase == "Connected", timeout=3600)
         elapsed = done - started
         cpu = self.operator.cpu_seconds() - cpu_before
+        parts = cpu_by_part(self.operator.process.pid)
+        parts.subtract(parts_before)
         placed = self.watch.status()
         writes, conflicts = (a - b for a, b in zip(self.status_writes(), writes_before,
                                                    strict=True))
+        requests = Counter({(verb, resource): 0 for verb, resource, _ in requests_before})
+        for (verb, resource, _), count in (self.api_requests() - requests_before).items():
+            requests[(verb, resource)] += count
         spread = Counter(pod for pod, _ in placed.values())
         loads = [spread.get(name, 0) for name in self.sims()]
         self.report.add("burst: creations sent", f"{created:.1f} s", burst_create_seconds=created)
@@ -378,6 +422,13 @@ class Bench:
         # work on a shared machine.
         self.report.add("burst: operator CPU", f"{cpu:.1f} s ({cpu / n * 1000:.1f} ms per "
                         "account)", burst_operator_cpu_seconds=cpu)
+        self.report.add("burst: CPU by part", ", ".join(
+            f"{part} {seconds:.0f} s" for part, seconds in parts.most_common())
+            + f" (of {elapsed * (os.cpu_count() or 1):.0f} s on {os.cpu_count()} cores)",
+            **{f"burst_cpu_{part}_seconds": seconds for part, seconds in parts.items()})
+        self.report.add("burst: API requests by kind", ", ".join(
+            f"{verb} {resource} {count}" for (verb, resource), count in requests.most_common(8)
+            if count))
         self.report.add("burst: status writes", f"{writes} ({writes / n:.2f} per account; "
                         f"{conflicts} refused as conflicts)", burst_status_writes=writes,
                         burst_status_conflicts=conflicts)

@@ -8,7 +8,9 @@ import logging
 
 import pytest
 
+from controller.relay import Destination
 from controller.secrets import SecretValue
+from controller.services import relay_destinations
 from devtools.fake_clock import FakeClock
 
 
@@ -108,3 +110,56 @@ async def test_callers_that_ask_while_the_first_read_runs_get_its_value() -> Non
     store.slow.set()
     assert await asyncio.gather(first, *others) == ["key"] * 6
     assert store.reads == 1
+
+
+class RelaySecrets:
+    """Each namespace's relay Secret as the API server would answer it, and the reads."""
+
+    def __init__(self, data: dict[str, dict[str, str] | None]) -> None:
+        self.data = data
+        self.failing = False
+        self.reads: list[str] = []
+        self.slow = asyncio.Event()
+        self.slow.set()
+
+    async def read(self, namespace: str) -> dict[str, str] | None:
+        self.reads.append(namespace)
+        await self.slow.wait()
+        if self.failing:
+            raise ConnectionError("the API server is away")
+        return self.data[namespace]
+
+
+async def test_relays_waiting_for_a_namespaces_secret_share_one_read() -> None:
+    store, clock = RelaySecrets({"a": {"url": "http://app-a", "hmac-secret": "sa"},
+                                 "b": None}), FakeClock()
+    destination = relay_destinations(store.read, clock)
+    store.slow.clear()
+    waiting = [asyncio.create_task(destination(ns)) for ns in ["a"] * 50 + ["b"] * 50]
+    await asyncio.sleep(0)
+    store.slow.set()
+    found = await asyncio.gather(*waiting)
+    assert store.reads == ["a", "b"]
+    assert found == [Destination("http://app-a", "sa")] * 50 + [None] * 50
+
+    clock.advance(9.9)
+    await destination("a")
+    assert store.reads == ["a", "b"]
+    clock.advance(0.2)
+    store.data["a"] = {"url": "http://app-a2", "hmac-secret": "sa2"}
+    assert await destination("a") == Destination("http://app-a2", "sa2")
+    assert store.reads == ["a", "b", "a"]
+
+
+async def test_a_relay_secret_that_cannot_be_read_keeps_the_one_read_before(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store, clock = RelaySecrets({"a": {"url": "http://app-a", "hmac-secret": "sa"}}), FakeClock()
+    destination = relay_destinations(store.read, clock)
+    assert await destination("a") == Destination("http://app-a", "sa")
+    store.failing = True
+    for _ in range(3):
+        clock.advance(10)
+        assert await destination("a") == Destination("http://app-a", "sa")
+    assert len(store.reads) == 4
+    warnings = [r for r in caplog.records if "relay Secret" in r.getMessage()]
+    assert len(warnings) == 1
