@@ -247,6 +247,12 @@ class Condition(_Model):
     ] = None
 
 
+def older_version(version: str, than: str) -> bool:
+    """Whether resourceVersion `version` is older than `than`. They are etcd revisions
+    (numbers): the watch can deliver an object after a write that replaced it answered."""
+    return version.isdigit() and than.isdigit() and int(version) < int(than)
+
+
 def set_condition(
     conditions: Sequence[Condition],
     type_: str,

@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -35,9 +35,11 @@ from controller.api import (
     MOVE_TO_ANNOTATION,
     REDISCOVER_ANNOTATION,
     WAITING_FOR_START_SLOT,
+    Condition,
     Phase,
     WAAccountSpec,
     WAAccountStatus,
+    older_version,
 )
 from controller.clock import Clock, SystemClock
 from controller.decisions import (
@@ -141,6 +143,18 @@ class AccountRecord:
             "name": self.name, "namespace": self.namespace, "uid": self.uid}}
 
 
+class CarriedCondition(Protocol):
+    """A condition another part writes (the mirror's Mirrored), carried in the status
+    writes the reconciler makes anyway: one write instead of two while an account is being
+    placed, started or moved."""
+
+    def to_show(self, uid: str) -> Condition | None:
+        """The condition the account should show, when it shows otherwise."""
+
+    def shown(self, body: Mapping[str, Any]) -> None:
+        """The account as written (with the condition), before its watch event comes."""
+
+
 class Reconciler:
     def __init__(
         self, *, observer: Observer, kube: Kube, policy: Policy, resync_interval: float,
@@ -190,6 +204,11 @@ class Reconciler:
         self._passes = 0  # reconcile passes since the last full garbage collection
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rediscoveries: dict[str, tuple[float, asyncio.Task[list[str]]]] = {}
+        self._carried: CarriedCondition | None = None
+
+    def carry(self, condition: CarriedCondition) -> None:
+        """Carry `condition` in this reconciler's status writes (see CarriedCondition)."""
+        self._carried = condition
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -248,7 +267,7 @@ class Reconciler:
         elif mark is not None and mark != record.rediscover_mark:
             self._spawn(self.rediscover(namespace, name, trigger="annotation"))
         record.rediscover_mark = mark
-        if not _older(str(metadata.get("resourceVersion", "")), record.version):
+        if not older_version(str(metadata.get("resourceVersion", "")), record.version):
             record.keep(body)  # else our own write's answer told us of a newer one already
         self._deleted.pop((namespace, session), None)  # an account names it again
         self.queue.add(uid)
@@ -259,7 +278,7 @@ class Reconciler:
         write is not a conflict. The watch event still enqueues the account."""
         metadata = body.get("metadata") or {}
         record = self._records.get(str(metadata.get("uid", "")))
-        if record is not None and not _older(str(metadata.get("resourceVersion", "")),
+        if record is not None and not older_version(str(metadata.get("resourceVersion", "")),
                                              record.version):
             record.keep(body)
 
@@ -514,11 +533,16 @@ class Reconciler:
         if not account.may_move:
             self._move_waiters.add(uid)  # woken when a move ends
         if write:
+            status = decision.status
+            carrier = self._carried
+            carried = carrier.to_show(uid) if carrier is not None else None
+            if carried is not None:
+                status = status.model_copy(update={"conditions": sorted(
+                    [*(c for c in status.conditions if c.type != carried.type), carried],
+                    key=lambda c: c.type)})
             try:
                 written = await self._kube.patch_status(
-                    namespace, account.name, version,
-                    status_patch(recorded, decision.status),
-                )
+                    namespace, account.name, version, status_patch(recorded, status))
             except BaseException:
                 self._abandon(record, starts, moves)
                 raise
@@ -529,15 +553,17 @@ class Reconciler:
                 # Read it: under load the watch brings the newer object seconds, even a
                 # minute, later, and nothing can be written meanwhile.
                 fresh = await self._kube.get_account(namespace, account.name)
-                if fresh is not None and not _older(
+                if fresh is not None and not older_version(
                         str(fresh["metadata"]["resourceVersion"]), record.version):
                     record.keep(fresh)
                     self.queue.add(uid)
                 return
             # The object as written: the next write builds on it, whenever its watch event
             # comes (under load, seconds later; writing on the older one is a conflict).
-            if not _older(str(written["metadata"]["resourceVersion"]), record.version):
+            if not older_version(str(written["metadata"]["resourceVersion"]), record.version):
                 record.keep(written)
+            if carrier is not None and carried is not None:
+                carrier.shown(written)
         self._unmark_moved(record, account, decision, fleet)
         # A placement is told once the instance accepted it, never for a call not made.
         placed = [e for e in decision.events if e.reason == "Placed"]
@@ -770,12 +796,6 @@ class Reconciler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-
-def _older(version: str, than: str) -> bool:
-    """Whether resourceVersion `version` is older than `than`. They are etcd revisions
-    (numbers): the watch can deliver an object after a write that replaced it answered."""
-    return version.isdigit() and than.isdigit() and int(version) < int(than)
 
 
 def _interned(value: object) -> str | None:

@@ -207,6 +207,7 @@ class Services:
             on_deleted=reconciler.sessions_deleted,
             events=events,
         )
+        reconciler.carry(mirror)  # its Mirrored condition rides on status writes made anyway
         servers = []
         metrics_socket = listeners.take("metrics_port")
         if metrics_socket is not None:

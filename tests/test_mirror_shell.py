@@ -167,3 +167,57 @@ async def test_the_condition_of_an_account_on_its_way_waits_for_its_next_write(
                     lambda: sorted(applied[2:]) == ["a3", "a4"])
     finally:
         await mirror.close()
+
+
+async def test_a_new_accounts_condition_rides_on_the_reconcilers_write_not_an_apply_of_its_own(
+        tmp_path: Path) -> None:
+    """A new account is written by the reconciler in a moment (its placement): that write
+    carries the Mirrored condition, and the mirror applies nothing itself. One the
+    reconciler does not write in time gets its apply after the hold."""
+    clock = FakeClock()
+    applied: list[str] = []
+
+    def new(name: str, version: str = "1") -> dict[str, Any]:
+        body = account(name)
+        body["metadata"]["resourceVersion"] = version
+        del body["status"]
+        return body
+
+    async def listed() -> list[dict[str, Any]]:
+        return []
+
+    async def apply(namespace: str, name: str, manager: str, condition: dict[str, Any]) -> bool:
+        applied.append(name)
+        return True
+
+    mirror = Mirror(store(tmp_path), list_accounts=listed, apply_condition=apply,
+                    migrate=True, clock=clock)
+    mirror.start()
+    try:
+        mirror.observe("ADDED", new("b1"))
+        mirror.observe("ADDED", new("b2"))
+        await until("both rows written", lambda: mirror.to_show("uid-b1") is not None
+                    and mirror.to_show("uid-b2") is not None)
+        carried = mirror.to_show("uid-b1")
+        assert carried is not None
+        assert (carried.type, carried.status, carried.reason) == ("Mirrored", "True",
+                                                                   "RowWritten")
+        # The reconciler's placement write carried it: the object as written says so.
+        written = new("b1", version="2")
+        written["status"] = {"phase": "Starting", "conditions": [
+            carried.model_dump(mode="json", by_alias=True, exclude_none=True)]}
+        mirror.shown(written)
+        assert mirror.to_show("uid-b1") is None
+        mirror.observe("MODIFIED", new("b1", version="1"))  # a late event of the older one
+        assert mirror.to_show("uid-b1") is None
+        await asyncio.sleep(0.3)  # the workers were free: a condition not held would be gone
+        assert applied == [], "a new account's condition did not wait for the placement"
+
+        clock.advance(CONDITION_HOLD)
+        mirror.observe("ADDED", account("b3"))  # wakes the queue: b2's hold is over
+        await until("the conditions of b2 (held) and b3", lambda: sorted(applied) == [
+            "b2", "b3"])
+        await asyncio.sleep(0.2)
+        assert sorted(applied) == ["b2", "b3"], "b1's carried condition was applied again"
+    finally:
+        await mirror.close()

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from controller.api import Condition
 from controller.decisions import Policy
 from controller.events import EventRecorder
 from controller.fleet import InstanceDefaults
@@ -210,6 +213,46 @@ async def test_the_mirrors_condition_write_is_built_on_before_its_watch_event_co
     await run_due(reconciler)
     assert server.writes == ["1", "4"]  # Stopped, written on the newest version at once
     assert server.objects["a1"]["status"]["phase"] == "Stopped"
+
+
+class Carrier:
+    """The mirror as the reconciler sees it: a condition to carry, and the objects that
+    carried it."""
+
+    def __init__(self) -> None:
+        self.condition: Condition | None = Condition(
+            type="Mirrored", status="True", reason="RowWritten", message="the row matches",
+            last_transition_time=datetime(2026, 1, 1, tzinfo=UTC), observed_generation=1)
+        self.shown: list[dict[str, Any]] = []
+
+    def to_show(self, uid: str) -> Condition | None:
+        return self.condition if uid == "uid-a1" else None
+
+    def shown_by(self, body: dict[str, Any]) -> None:
+        self.shown.append(body)
+
+
+@pytest.mark.parametrize("shell", [StatusServer], indirect=True)
+async def test_a_status_write_carries_the_mirrors_condition(shell: Any) -> None:
+    """One write instead of two: the placement (here: Pending) carries the Mirrored
+    condition beside the reconciler's own, and the mirror is told what was written; an
+    account the mirror has nothing for is written without it, and a pass that writes
+    nothing writes no condition either."""
+    _, server, reconciler = shell
+    carrier = Carrier()
+    reconciler.carry(SimpleNamespace(to_show=carrier.to_show, shown=carrier.shown_by))
+    reconciler.account_event(None, server.create("a1"))
+    reconciler.account_event(None, server.create("a2"))
+    await run_due(reconciler)
+    assert server.writes == ["1", "1"]
+    kinds = {name: sorted((c["type"], c["status"]) for c in obj["status"]["conditions"])
+             for name, obj in server.objects.items()}
+    assert kinds == {"a1": [("Assigned", "False"), ("Mirrored", "True"), ("Ready", "False")],
+                     "a2": [("Assigned", "False"), ("Ready", "False")]}
+    assert carrier.shown == [server.objects["a1"]]
+    reconciler.account_event("MODIFIED", copy.deepcopy(server.objects["a1"]))
+    await run_due(reconciler)
+    assert server.writes == ["1", "1"]  # Pending is right: nothing written, nothing carried
 
 
 async def test_many_events_while_queued_make_one_pass(shell: Any) -> None:

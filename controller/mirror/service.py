@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from controller import metrics
-from controller.api import API_VERSION, KIND, Condition, ConditionType, Phase
+from controller.api import API_VERSION, KIND, Condition, ConditionType, Phase, older_version
 from controller.clock import Clock, SystemClock
 from controller.events import EventRecorder
 from controller.mirror.rows import MirrorFailure, MirrorRow, explain_failure, mirrored, row_of
@@ -37,11 +37,11 @@ logger = logging.getLogger("wa_controller.mirror")
 MIRRORED = ConditionType.MIRRORED
 ROW_MISSING = "ApplicationRowMissing"
 CONDITION_MANAGER = "wa-controller-mirror"  # the field manager owning the Mirrored condition
-# An account on its way (a start, a move) is written again in a moment: its condition
-# waits that long, so that it does not come between the two writes (each such apply turns
-# the second write into a conflict, a re-read and a third write).
-CONDITION_HOLD = 5.0  # seconds
-IN_MOTION = frozenset({Phase.STARTING.value, Phase.MOVING.value})
+# An account on its way (new, being started or moved) is written again by the reconciler
+# in a moment, and that write carries its condition: it waits that long before an apply of
+# its own (an apply between the two writes would also turn the second into a conflict).
+CONDITION_HOLD = 10.0  # seconds
+IN_MOTION = frozenset({None, Phase.STARTING.value, Phase.MOVING.value})
 T = TypeVar("T")
 ListAccounts = Callable[[], Awaitable[list[Mapping[str, Any]]]]
 ListUids = Callable[[], Awaitable[set[str]]]
@@ -71,6 +71,7 @@ class _Ref:
     name: str
     session: str
     generation: int
+    version: str  # resourceVersion: a newer write's answer is not undone by an older event
     shown: tuple[str, str, str] | None
     in_motion: bool  # Starting or Moving: written again soon
 
@@ -105,6 +106,7 @@ class Mirror:
         self._clock = clock or SystemClock()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="mirror")
         self._pending: dict[str, _Change] = {}
+        self._writing: set[str] = set()  # uids whose row the writer is writing right now
         self._written: dict[str, MirrorRow] | None = None  # None: list and resync first
         self._foreign: dict[str, str] = {}  # uid -> the installation owning its row
         self._missing: set[str] = set()  # uids whose row the application's table lacks
@@ -151,7 +153,9 @@ class Mirror:
             self._accounts.pop(row.uid, None)
             self._conditions.discard(row.uid)
         else:
-            self._accounts[row.uid] = _ref(body)
+            ref, known = _ref(body), self._accounts.get(row.uid)
+            if known is None or not older_version(ref.version, known.version):
+                self._accounts[row.uid] = ref
         earlier = self._pending.get(row.uid)
         if earlier is None and not deleted and self._written is not None \
                 and self._written.get(row.uid) == row:
@@ -292,6 +296,7 @@ class Mirror:
                    and (c.row.uid not in written or project(written[c.row.uid])
                         != project(c.row))]
         deletes = [c.row for c in batch.values() if c.deleted and c.row.uid in written]
+        self._writing = set(batch)
         try:
             missing = await self._db(self._store.write, upserts, deletes, self._clock.now()) \
                 if upserts or deletes else set()
@@ -299,6 +304,8 @@ class Mirror:
             for uid, change in batch.items():
                 self._pending.setdefault(uid, change)  # a newer change that came meanwhile wins
             raise
+        finally:
+            self._writing = set()
         metrics.MIRROR_ROWS.labels("upsert").inc(len(upserts) - len(missing))
         metrics.MIRROR_ROWS.labels("delete").inc(len(deletes))
         written.update((row.uid, row) for row in upserts if row.uid not in missing)
@@ -342,7 +349,7 @@ class Mirror:
         if uid in self._missing:
             return ("False", ROW_MISSING, "the application's table has no row for this "
                     "session; nothing is written until the application creates it")
-        if uid not in self._pending and self._written is not None:
+        if uid not in self._pending and uid not in self._writing and self._written is not None:
             return "True", "RowWritten", "the SQL mirror row matches this account"
         if self._failure is not None:
             return "False", self._failure.reason, self._failure.message
@@ -380,22 +387,39 @@ class Mirror:
             finally:
                 self._conditions.done(uid)
 
-    async def _apply(self, uid: str) -> None:
+    def to_show(self, uid: str) -> Condition | None:
+        """The Mirrored condition the account should show, when it shows otherwise (the
+        reconciler carries it in a status write it makes anyway)."""
         ref = self._accounts.get(uid)
         verdict = self._verdict(uid)
         if ref is None or verdict is None or (ref.shown and ref.shown[:2] == verdict[:2]):
-            return
+            return None
         status, reason, message = verdict
-        condition = Condition.model_validate({
+        return Condition.model_validate({
             "type": MIRRORED.value, "status": status, "reason": reason, "message": message,
             # The transition time moves only when the status flips.
             "lastTransitionTime": ref.shown[2] if ref.shown and ref.shown[0] == status
             else self._clock.now().replace(microsecond=0),
             "observedGeneration": ref.generation,
-        }).model_dump(mode="json", by_alias=True, exclude_none=True)
-        if await self._apply_condition(ref.namespace, ref.name, CONDITION_MANAGER, condition):
+        })
+
+    def shown(self, body: Mapping[str, Any]) -> None:
+        """The account as someone else just wrote it (its condition carried): what it shows
+        is known before its watch event comes, and no apply of ours is needed."""
+        written = _ref(body)
+        ref = self._accounts.get(written.uid)
+        if ref is not None and not older_version(written.version, ref.version):
+            self._accounts[written.uid] = written
+
+    async def _apply(self, uid: str) -> None:
+        ref = self._accounts.get(uid)
+        condition = self.to_show(uid)
+        if ref is None or condition is None:
+            return
+        applied = condition.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if await self._apply_condition(ref.namespace, ref.name, CONDITION_MANAGER, applied):
             # The account's next event confirms it.
-            ref.shown = (status, reason, condition["lastTransitionTime"])
+            ref.shown = (condition.status, condition.reason, applied["lastTransitionTime"])
 
 
 def _ref(body: Mapping[str, Any]) -> _Ref:
@@ -406,6 +430,7 @@ def _ref(body: Mapping[str, Any]) -> _Ref:
                   if isinstance(c, dict) and c.get("type") == MIRRORED), None)
     return _Ref(uid=str(metadata["uid"]), namespace=metadata["namespace"],
                 name=metadata["name"], session=str((body.get("spec") or {}).get("sessionId")),
-                generation=int(metadata.get("generation") or 0), shown=shown,
+                generation=int(metadata.get("generation") or 0),
+                version=str(metadata.get("resourceVersion") or ""), shown=shown,
                 in_motion=(body.get("status") or {}).get("phase") in IN_MOTION)
 
