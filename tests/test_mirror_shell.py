@@ -30,6 +30,23 @@ def store(tmp_path: Path) -> MirrorStore:
                        "whatsapp_accounts", None, owner="ns/wa-controller")
 
 
+def recording_mirror(tmp_path: Path, clock: FakeClock, accounts: list[dict[str, Any]],
+                     applied: list[str]) -> Mirror:
+    """A started mirror listing `accounts`, whose condition applies are recorded by name."""
+
+    async def listed() -> list[dict[str, Any]]:
+        return accounts
+
+    async def apply(namespace: str, name: str, manager: str, condition: dict[str, Any]) -> bool:
+        applied.append(name)
+        return True
+
+    mirror = Mirror(store(tmp_path), list_accounts=listed, apply_condition=apply,
+                    migrate=True, clock=clock)
+    mirror.start()
+    return mirror
+
+
 async def until(what: str, condition: Any, within: float = 10.0) -> None:
     """Poll `condition` every 50 ms for `within` seconds, or fail saying what never happened."""
     for _ in range(int(within / 0.05)):
@@ -141,16 +158,7 @@ async def test_the_condition_of_an_account_on_its_way_waits_for_its_next_write(
     def starting(name: str) -> dict[str, Any]:
         return {**account(name), "status": {"phase": "Starting"}}
 
-    async def listed() -> list[dict[str, Any]]:
-        return [starting("a1"), account("a2")]
-
-    async def apply(namespace: str, name: str, manager: str, condition: dict[str, Any]) -> bool:
-        applied.append(name)
-        return True
-
-    mirror = Mirror(store(tmp_path), list_accounts=listed, apply_condition=apply,
-                    migrate=True, clock=clock)
-    mirror.start()
+    mirror = recording_mirror(tmp_path, clock, [starting("a1"), account("a2")], applied)
     try:
         await until("the Connected account's condition", lambda: applied == ["a2"])
         await asyncio.sleep(0.3)  # the workers were free: a1 would have gone meanwhile
@@ -183,16 +191,7 @@ async def test_a_new_accounts_condition_rides_on_the_reconcilers_write_not_an_ap
         del body["status"]
         return body
 
-    async def listed() -> list[dict[str, Any]]:
-        return []
-
-    async def apply(namespace: str, name: str, manager: str, condition: dict[str, Any]) -> bool:
-        applied.append(name)
-        return True
-
-    mirror = Mirror(store(tmp_path), list_accounts=listed, apply_condition=apply,
-                    migrate=True, clock=clock)
-    mirror.start()
+    mirror = recording_mirror(tmp_path, clock, [], applied)
     try:
         mirror.observe("ADDED", new("b1"))
         mirror.observe("ADDED", new("b2"))
