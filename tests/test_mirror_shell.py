@@ -31,17 +31,18 @@ def store(tmp_path: Path) -> MirrorStore:
 
 
 def recording_mirror(tmp_path: Path, clock: FakeClock, accounts: list[dict[str, Any]],
-                     applied: list[str]) -> Mirror:
-    """A started mirror listing `accounts`, whose condition applies are recorded by name."""
+                     applied: list[str], table: MirrorStore | None = None) -> Mirror:
+    """A started mirror listing `accounts`, whose condition applies are recorded as
+    name or name=status."""
 
     async def listed() -> list[dict[str, Any]]:
         return accounts
 
     async def apply(namespace: str, name: str, manager: str, condition: dict[str, Any]) -> bool:
-        applied.append(name)
+        applied.append(name if condition["status"] == "True" else f"{name}={condition['status']}")
         return True
 
-    mirror = Mirror(store(tmp_path), list_accounts=listed, apply_condition=apply,
+    mirror = Mirror(table or store(tmp_path), list_accounts=listed, apply_condition=apply,
                     migrate=True, clock=clock)
     mirror.start()
     return mirror
@@ -218,5 +219,21 @@ async def test_a_new_accounts_condition_rides_on_the_reconcilers_write_not_an_ap
             "b2", "b3"])
         await asyncio.sleep(0.2)
         assert sorted(applied) == ["b2", "b3"], "b1's carried condition was applied again"
+    finally:
+        await mirror.close()
+
+
+async def test_a_failing_database_is_told_at_once_also_on_an_account_on_its_way(
+        tmp_path: Path) -> None:
+    """Only the good news (the row is written) waits for the account's next status write:
+    a database that fails shows on a Starting account at once."""
+    broken = MirrorStore(engine_for(f"sqlite:///{tmp_path / 'gone' / 'mirror.sqlite'}"),
+                         "whatsapp_accounts", None, owner="ns/wa-controller")
+    starting = {**account("s1"), "status": {"phase": "Starting"}}
+    applied: list[str] = []
+    mirror = recording_mirror(tmp_path, FakeClock(), [starting], applied, table=broken)
+    try:
+        mirror.observe("ADDED", starting)
+        await until("Mirrored=False on the Starting account", lambda: applied == ["s1=False"])
     finally:
         await mirror.close()

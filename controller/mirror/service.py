@@ -37,10 +37,11 @@ logger = logging.getLogger("wa_controller.mirror")
 MIRRORED = ConditionType.MIRRORED
 ROW_MISSING = "ApplicationRowMissing"
 CONDITION_MANAGER = "wa-controller-mirror"  # the field manager owning the Mirrored condition
-# An account on its way (new, being started or moved) is written again by the reconciler
-# in a moment, and that write carries its condition: it waits that long before an apply of
-# its own (an apply between the two writes would also turn the second into a conflict).
-CONDITION_HOLD = 10.0  # seconds
+# An account on its way (new, being started or moved, maybe waiting in line for a start
+# slot) is written again by the reconciler when it moves on, and that write carries its
+# condition: one write, not two (an apply between the two would also turn the second into
+# a conflict). It shows its condition when it moves on, or after this long on its way.
+CONDITION_HOLD = 300.0  # seconds
 IN_MOTION = frozenset({None, Phase.STARTING.value, Phase.MOVING.value})
 T = TypeVar("T")
 ListAccounts = Callable[[], Awaitable[list[Mapping[str, Any]]]]
@@ -361,7 +362,7 @@ class Mirror:
         verdict = self._verdict(uid)
         if ref is not None and verdict is not None and (
                 ref.shown is None or ref.shown[:2] != verdict[:2]):
-            if ref.in_motion:
+            if ref.in_motion and verdict[0] == "True":  # bad news is told at once
                 self._conditions.add_after(uid, CONDITION_HOLD)
             else:
                 self._conditions.add(uid)
