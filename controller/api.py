@@ -247,6 +247,12 @@ class Condition(_Model):
     ] = None
 
 
+def account_reference(namespace: str, name: str, uid: str) -> dict[str, Any]:
+    """A WAAccount as an event's involved object."""
+    return {"apiVersion": API_VERSION, "kind": KIND,
+            "metadata": {"name": name, "namespace": namespace, "uid": uid}}
+
+
 def older_version(version: str, than: str) -> bool:
     """Whether resourceVersion `version` is older than `than`. They are etcd revisions
     (numbers): the watch can deliver an object after a write that replaced it answered."""

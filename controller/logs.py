@@ -28,6 +28,7 @@ class _Redactor(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.values: set[str] = set()
+        self._longest_first: tuple[str, ...] = ()  # sorted once per value, not per line
 
     def add(self, value: str) -> None:
         if len(value) < MIN_SECRET_LENGTH or value in self.values:
@@ -41,6 +42,7 @@ class _Redactor(logging.Filter):
             first, last = (shift + 2) // 3, (shift + len(raw)) // 3
             forms.add(encoded[first * 4:last * 4])
         self.values |= {form for form in forms if len(form) >= MIN_SECRET_LENGTH}
+        self._longest_first = tuple(sorted(self.values, key=len, reverse=True))
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.values:
@@ -49,7 +51,7 @@ class _Redactor(logging.Filter):
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         masked, exc_text = text, record.exc_text or ""
-        for value in sorted(self.values, key=len, reverse=True):
+        for value in self._longest_first:
             masked = masked.replace(value, MASK)
             exc_text = exc_text.replace(value, MASK)
         if masked != text:

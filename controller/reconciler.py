@@ -29,8 +29,6 @@ from pydantic import ValidationError
 
 from controller import metrics
 from controller.api import (
-    API_VERSION,
-    KIND,
     LEGACY_FINALIZER,
     MOVE_TO_ANNOTATION,
     REDISCOVER_ANNOTATION,
@@ -39,6 +37,7 @@ from controller.api import (
     Phase,
     WAAccountSpec,
     WAAccountStatus,
+    account_reference,
     older_version,
 )
 from controller.clock import Clock, SystemClock
@@ -120,17 +119,25 @@ class AccountRecord:
     told: frozenset[Event] = frozenset()  # observe-only: the events of the last pass
     start_ticket: tuple[str, int] | None = None  # (pod, ticket) of a start waiting its turn
 
-    def keep(self, body: Mapping[str, Any]) -> None:
-        """Remember the newest object the watch delivered."""
+    def keep(self, body: Mapping[str, Any]) -> bool:
+        """Remember `body` unless it is older than what is known (the watch can deliver an
+        object after a write that replaced it answered); whether it is not older. The
+        same version again (a write's watch event after its answer) is not parsed again."""
         metadata = body.get("metadata") or {}
+        version = str(metadata.get("resourceVersion", ""))
+        if older_version(version, self.version):
+            return False
+        if version and version == self.version:
+            return True
         spec, status = body.get("spec") or {}, body.get("status") or {}
-        self.version = str(metadata.get("resourceVersion", ""))
+        self.version = version
         self.generation = int(metadata.get("generation") or 0)
         self.created = sys.intern(str(metadata.get("creationTimestamp", "")))  # often shared
         self.document = json.dumps({"spec": spec, "status": status}, separators=(",", ":"))
         self.pod = _interned((status.get("instance") or {}).get("pod"))
         self.phase = _interned(status.get("phase"))
         self.move_to = (metadata.get("annotations") or {}).get(MOVE_TO_ANNOTATION)
+        return True
 
     def content(self) -> dict[str, Any]:
         """The object's spec and status, parsed anew (decisions never change them)."""
@@ -139,8 +146,7 @@ class AccountRecord:
 
     def reference(self) -> dict[str, Any]:
         """What an event about the account needs of it."""
-        return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {
-            "name": self.name, "namespace": self.namespace, "uid": self.uid}}
+        return account_reference(self.namespace, self.name, self.uid)
 
 
 class CarriedCondition(Protocol):
@@ -267,8 +273,7 @@ class Reconciler:
         elif mark is not None and mark != record.rediscover_mark:
             self._spawn(self.rediscover(namespace, name, trigger="annotation"))
         record.rediscover_mark = mark
-        if not older_version(str(metadata.get("resourceVersion", "")), record.version):
-            record.keep(body)  # else our own write's answer told us of a newer one already
+        record.keep(body)  # unless our own write's answer told us of a newer one already
         self._deleted.pop((namespace, session), None)  # an account names it again
         self.queue.add(uid)
 
@@ -276,10 +281,8 @@ class Reconciler:
         """Another writer's answer (the mirror's condition): the object as it is now, known
         before its watch event comes (seconds later under load), so that the next status
         write is not a conflict. The watch event still enqueues the account."""
-        metadata = body.get("metadata") or {}
-        record = self._records.get(str(metadata.get("uid", "")))
-        if record is not None and not older_version(str(metadata.get("resourceVersion", "")),
-                                             record.version):
+        record = self._records.get(str((body.get("metadata") or {}).get("uid", "")))
+        if record is not None:
             record.keep(body)
 
     def _forget(self, uid: str) -> None:
@@ -553,15 +556,12 @@ class Reconciler:
                 # Read it: under load the watch brings the newer object seconds, even a
                 # minute, later, and nothing can be written meanwhile.
                 fresh = await self._kube.get_account(namespace, account.name)
-                if fresh is not None and not older_version(
-                        str(fresh["metadata"]["resourceVersion"]), record.version):
-                    record.keep(fresh)
+                if fresh is not None and record.keep(fresh):
                     self.queue.add(uid)
                 return
             # The object as written: the next write builds on it, whenever its watch event
             # comes (under load, seconds later; writing on the older one is a conflict).
-            if not older_version(str(written["metadata"]["resourceVersion"]), record.version):
-                record.keep(written)
+            record.keep(written)
             if carrier is not None and carried is not None:
                 carrier.shown(written)
         self._unmark_moved(record, account, decision, fleet)

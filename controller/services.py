@@ -96,7 +96,7 @@ def mirror_store(settings: Settings) -> MirrorStore | ApplicationStore:
             engine, settings.mirror_table, key_column=settings.application_key_column,
             url_column=settings.application_url_column,
             status_column=settings.application_status_column or None,
-            words=settings.status_words, owner=settings.owner)
+            words=settings.status_words)
     return MirrorStore(engine, settings.mirror_table, settings.notify_channel or None,
                        owner=settings.owner, namespaces=settings.namespaces)
 

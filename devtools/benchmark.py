@@ -37,7 +37,7 @@ from kubernetes.client.exceptions import ApiException
 
 from controller import api
 from controller.instances import BlazzAdapter
-from devtools.control_plane import ControlPlane, free_port
+from devtools.control_plane import ControlPlane, free_port, stop_process
 from devtools.harness import (
     Accounts,
     ApplicationStub,
@@ -303,11 +303,7 @@ class Bench:
 
     def stop_operator(self) -> None:
         if self.operator is not None:
-            self.operator.process.terminate()
-            try:
-                self.operator.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.operator.process.kill()
+            stop_process(self.operator.process, timeout=20)
             self.operator = None
 
     def close(self) -> None:

@@ -329,6 +329,19 @@ class ControlPlane:
         self.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
 
 
+def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
+                 timeout: float = 30) -> None:
+    """Ask a child process to stop with `sig`, and kill it if it has not within `timeout`."""
+    if process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _terminate(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)

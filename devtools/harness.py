@@ -27,7 +27,7 @@ from controller import api
 from controller.handlers import build_registry
 from controller.settings import Settings
 from controller.simulator import PROTOCOLS as SIMULATED
-from devtools.control_plane import free_port
+from devtools.control_plane import free_port, stop_process
 
 T = TypeVar("T")
 INSTANCE_LABELS = {"app.kubernetes.io/component": "whatsapp-instance"}
@@ -370,12 +370,7 @@ def operator_process(log: Path, *flags: str, **settings: Any) -> Iterator[subpro
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=20)
 
 
 def operator_settings(namespace: str, **overrides: Any) -> Settings:

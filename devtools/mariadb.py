@@ -19,7 +19,7 @@ from typing import Any
 
 import pymysql
 
-from devtools.control_plane import free_port
+from devtools.control_plane import free_port, stop_process
 
 ROOT_PASSWORD = "mariadb-test-pw"  # noqa: S105 - a throwaway local test server
 SERVER = Path(os.environ.get("WA_MARIADB_BIN", "/usr/sbin/mariadbd"))
@@ -117,13 +117,8 @@ class MariaDB:
         return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()  # SIGTERM: a clean shutdown
-            try:
-                self._process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None:
+            stop_process(self._process)  # SIGTERM: a clean shutdown
         self._process = None
 
     def remove(self) -> None:

@@ -8,6 +8,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from devtools.control_plane import free_port
+from devtools.control_plane import free_port, stop_process
 
 SUPERUSER_PASSWORD = "postgres-test-pw"  # noqa: S105 - a throwaway local test server
 
@@ -107,13 +108,8 @@ class Postgres:
             return sum(b" statement: " in line for line in log)
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(2)  # SIGINT: fast shutdown
-            try:
-                self._process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None:
+            stop_process(self._process, signal.SIGINT)  # SIGINT: fast shutdown
         self._process = None
 
     def remove(self) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from controller import metrics
-from controller.api import API_VERSION, KIND, Condition, ConditionType, Phase, older_version
+from controller.api import Condition, ConditionType, Phase, account_reference, older_version
 from controller.clock import Clock, SystemClock
 from controller.events import EventRecorder
 from controller.mirror.rows import MirrorFailure, MirrorRow, explain_failure, mirrored, row_of
@@ -78,8 +78,7 @@ class _Ref:
 
     def object(self) -> dict[str, Any]:
         """The account as an event's involved object."""
-        return {"apiVersion": API_VERSION, "kind": KIND,
-                "metadata": {"uid": self.uid, "namespace": self.namespace, "name": self.name}}
+        return account_reference(self.namespace, self.name, self.uid)
 
 
 class Mirror:

@@ -196,9 +196,8 @@ class ApplicationStore:
     sessions this installation does not serve are never read or written."""
 
     def __init__(self, engine: Engine, table_name: str, *, key_column: str, url_column: str,
-                 status_column: str | None, words: StatusWords | None, owner: str) -> None:
+                 status_column: str | None, words: StatusWords | None) -> None:
         self.engine = engine
-        self.owner = owner
         self._names = (table_name, key_column, url_column, status_column)
         self._words = words if status_column else None
         self.table: Table = application_table(table_name, key_column, url_column,
