@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.client.rest import RESTResponse
 
 from controller import api, metrics
 
@@ -160,7 +161,17 @@ class Kube:
 
     async def post_event(self, namespace: str, event: dict[str, Any]) -> None:
         """Create one core/v1 Event."""
-        await self._call("an event", self._core.create_namespaced_event, namespace, event)
+        await self._call("an event", self._create_event, namespace, event)
+
+    async def _create_event(self, namespace: str, event: dict[str, Any]) -> None:
+        # The answer is read but not turned into a V1Event: parsing its timestamps with
+        # dateutil was ~4 % of the operator's CPU in a burst, for an answer nobody reads.
+        response = await self._core.create_namespaced_event(namespace, event,
+                                                            _preload_content=False)
+        async with response:
+            data = await response.read()
+            if not 200 <= response.status <= 299:
+                raise ApiException(http_resp=RESTResponse(response, data))
 
     async def apply_condition(self, namespace: str, name: str, manager: str,
                               condition: dict[str, Any]) -> dict[str, Any] | None:

@@ -37,6 +37,7 @@ from kubernetes.client.exceptions import ApiException
 
 from controller import api
 from controller.instances import BlazzAdapter
+from controller.settings import Settings
 from devtools.control_plane import ControlPlane, free_port, stop_process
 from devtools.harness import (
     Accounts,
@@ -58,6 +59,7 @@ FAST_PATH_PROBE_INTERVAL = 600.0
 CRASHED = "wa-0"  # the pod the crash phase crashes (it stays down)
 DRAINED = "wa-2"  # the pod the drain phase drains (it stays drained)
 SEED_TIMEOUT = 5.0  # the seed's per-instance timeout while it searches
+LAUNCH_SECONDS = 0.5  # a simulated browser launch (the recorded ones take seconds)
 
 
 @dataclass
@@ -278,7 +280,8 @@ class Bench:
                 "hmac-secret": WEBHOOK_SECRET, "rediscover-token": REDISCOVER_TOKEN}.items()}})
         capacity = self.args.capacity or -(-self.args.accounts * 3 // (2 * self.args.pods))
         for i in range(self.args.pods):
-            self.fleet.add(f"wa-{i}", "blazz", capacity=capacity, auto_pair=0.5)
+            self.fleet.add(f"wa-{i}", "blazz", capacity=capacity, auto_pair=0.5,
+                           create_delay=LAUNCH_SECONDS)
         self.postgres.start()
         self.postgres.sql("CREATE DATABASE bench")
         self.start_operator(self.args.probe_interval)
@@ -293,6 +296,7 @@ class Bench:
             [sys.executable, "-m", "controller", "run", f"--namespaces={NAMESPACE}",
              f"--operator-namespace={NAMESPACE}", f"--probe-interval={probe_interval}",
              "--start-grace=30", f"--liveness-port={free_port()}", "--log-format=json",
+             f"--starts-per-pod={self.args.starts_per_pod}",
              f"--metrics-port={free_port()}",
              f"--webhook-port={self.webhook_url.rsplit(':', 1)[1]}",
              # Measure the relay, not the per-source flood guard.
@@ -414,6 +418,11 @@ class Bench:
         self.report.add("burst: creations sent", f"{created:.1f} s", burst_create_seconds=created)
         self.report.add("burst: all Connected", f"{elapsed:.1f} s after the first creation",
                         burst_connected_seconds=elapsed)
+        # The start waves alone take this long, however fast everything else is.
+        floor = n * LAUNCH_SECONDS / (self.args.pods * self.args.starts_per_pod)
+        self.report.add("burst: the start waves' floor", f"{floor:.1f} s ({n} launches of "
+                        f"{LAUNCH_SECONDS} s, {self.args.starts_per_pod} at a time on each of "
+                        f"{self.args.pods} pods)", burst_start_waves_floor_seconds=floor)
         # What the burst cost the operator itself: less sensitive than the time to other
         # work on a shared machine.
         self.report.add("burst: operator CPU", f"{cpu:.1f} s ({cpu / n * 1000:.1f} ms per "
@@ -451,11 +460,27 @@ class Bench:
                         f"{plain_written:.1f} s; burst/limit = {elapsed / plain_written:.2f}",
                         plain_client_written_seconds=plain_written,
                         burst_over_limit_written=elapsed / plain_written)
+        shaped, _ = self.plain_client(writes, writes, like=self.accounts.status(names[0]))
+        self.report.add("limit: plain client, same writes on accounts shaped as the operator's",
+                        f"{shaped:.1f} s ({writes / shaped:.0f} patches/s); "
+                        f"burst/limit = {elapsed / shaped:.2f}",
+                        plain_client_shaped_seconds=shaped,
+                        burst_over_limit_shaped=elapsed / shaped)
 
-    def plain_client(self, writes: int, checkpoint: int) -> tuple[float, float]:
+    def plain_client(self, writes: int, checkpoint: int, like: dict[str, Any] | None = None
+                     ) -> tuple[float, float]:
         """The API server's limit on this machine, in the same run: a plain asyncio client
         writing as many status patches as the burst needed, to accounts of its own; the
-        seconds for all of them, and for the first `checkpoint`."""
+        seconds for all of them, and for the first `checkpoint`.
+
+        Without `like`, the accounts have a small status (phase, message, instance) and each
+        write changes its message. With `like` (a status the operator wrote), the accounts
+        first get that status, untimed, and the writes alternate between a Starting and a
+        Connected write as a placement makes them (phase, message, session status and the
+        conditions): what the API server decodes, patches, validates, tracks in
+        managedFields and stores grows with the object, and the operator's objects carry
+        three conditions besides the instance.
+        """
         import asyncio
 
         from kubernetes_asyncio import client as aclient
@@ -463,13 +488,22 @@ class Bench:
 
         n = min(self.args.accounts, 1000)
         names = [f"plain-{i:05d}" for i in range(n)]
-        self.core.create_namespace({"metadata": {"name": PLAIN_NAMESPACE}})  # not served
+        try:
+            self.core.create_namespace({"metadata": {"name": PLAIN_NAMESPACE}})  # not served
+        except ApiException as error:
+            if error.status != 409:  # made by the first of the plain client's runs
+                raise
         plain = Accounts(self.accounts.custom, PLAIN_NAMESPACE)
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda name: plain.create(name), names))
-        status = {"phase": "Starting", "message": "asked wa-3 to start the session",
-                  "instance": {"pod": "wa-3", "url": "http://127.0.0.9:3000",
-                               "assignedAt": "2026-12-01T00:00:00Z"}}
+        if like is None:
+            first: dict[str, Any] | None = None
+            bodies = [{"phase": "Starting", "message": "asked wa-3 to start the session",
+                       "instance": {"pod": "wa-3", "url": "http://127.0.0.9:3000",
+                                    "assignedAt": "2026-12-01T00:00:00Z"}}]
+        else:
+            first = like
+            bodies = placement_writes(like)
 
         async def patch_all() -> tuple[float, float]:
             configuration = aclient.Configuration()
@@ -483,17 +517,23 @@ class Bench:
                 in_flight = asyncio.Semaphore(32)
                 done, at_checkpoint = 0, 0.0
 
-                async def one(i: int) -> None:
-                    nonlocal done, at_checkpoint
+                async def write(name: str, status: dict[str, Any]) -> None:
                     async with in_flight:
                         await custom.patch_namespaced_custom_object_status(
                             "wa-controller.io", "v1alpha1", PLAIN_NAMESPACE, "waaccounts",
-                            names[i % n], {"status": {**status, "message": f"write {i}"}},
+                            name, {"status": status},
                             _content_type="application/merge-patch+json")
+
+                async def one(i: int) -> None:
+                    nonlocal done, at_checkpoint
+                    body = bodies[i // n % len(bodies)]
+                    await write(names[i % n], {**body, "message": f"write {i}"})
                     done += 1
                     if done == checkpoint:
                         at_checkpoint = time.monotonic() - started
 
+                if first is not None:
+                    await asyncio.gather(*(write(name, first) for name in names))
                 started = time.monotonic()
                 await asyncio.gather(*(one(i) for i in range(writes)))
                 return time.monotonic() - started, at_checkpoint
@@ -833,6 +873,20 @@ class Bench:
                 "victim_requests": victim_requests}
 
 
+def placement_writes(connected: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Starting and a Connected write as the operator makes them for a placement, from a
+    status it wrote for a Connected account: the fields a placement changes, the conditions
+    whole (a merge patch replaces a list)."""
+    conditions = connected.get("conditions") or []
+    starting = [{**c, "status": "False", "reason": "Starting",
+                 "message": "asked wa-3 to start the session",
+                 "lastTransitionTime": "2026-12-01T00:00:00Z"} if c.get("type") == "Ready"
+                else c for c in conditions]
+    return [{"phase": "Starting", "sessionStatus": None, "conditions": starting},
+            {"phase": connected.get("phase"), "sessionStatus": connected.get("sessionStatus"),
+             "conditions": conditions}]
+
+
 def post_signed(source_ip: str, receiver: str, body: bytes) -> int:
     """A blazz instance's webhook, from its own address, to the operator."""
     headers = BlazzAdapter.sign_webhook(body, WEBHOOK_SECRET, time.time())
@@ -871,6 +925,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--capacity", type=int, default=0, help="per pod (default: 1.5x fair)")
     parser.add_argument("--probe-interval", type=float, default=5.0)
+    parser.add_argument("--starts-per-pod", type=int,
+                        default=Settings.model_fields["starts_per_pod"].default,
+                        help="the operator's start waves (default: its own default)")
     parser.add_argument("--steady-cycles", type=int, default=3)
     parser.add_argument("--fast-path-samples", type=int, default=10)
     parser.add_argument("--relay-events", type=int, default=2000)

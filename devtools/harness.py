@@ -198,6 +198,10 @@ class ApplicationStub:
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keeps connections open, as applications' web servers do: one connection per
+            # relayed event would cost the operator (and this stub) a TCP setup each.
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with stub.lock:
@@ -207,6 +211,7 @@ class ApplicationStub:
                         stub.received.append((dict(self.headers), body))
                         stub.arrived.append(time.monotonic())
                 self.send_response(status)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def log_message(self, *_: object) -> None:

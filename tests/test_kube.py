@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 
 import pytest
+from kubernetes import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from controller.kube import Kube
@@ -46,3 +47,29 @@ async def test_a_caller_retrying_after_the_last_429_still_waits_as_asked(
     assert len(gaps) == 3, gaps  # the retry inside each call, and the caller's retry
     assert [gap for gap in gaps if gap < proxy.retry_after - 0.1] == [], \
         "a request went out before the Retry-After of the one before it had passed"
+
+
+async def test_an_event_is_posted_and_a_refused_one_raises_the_api_servers_answer(
+    namespace: str, core: k8s.CoreV1Api
+) -> None:
+    """Events are posted without parsing the answer: a refusal must still be an error
+    (the recorder logs it), never a silent success."""
+    involved = {"apiVersion": "v1", "kind": "Pod", "name": "wa-0", "namespace": namespace}
+    event = {"metadata": {"generateName": "wa-0.", "namespace": namespace},
+             "involvedObject": involved, "type": "Normal", "reason": "Placed",
+             "message": "placed on wa-0", "source": {"component": "wa-controller"},
+             "firstTimestamp": "2026-12-02T00:00:00Z", "lastTimestamp": "2026-12-02T00:00:00Z",
+             "count": 1}
+    elsewhere = {**event, "involvedObject": {**involved, "namespace": "another"}}
+    kube = await Kube.connect()
+    try:
+        await kube.post_event(namespace, event)
+        with pytest.raises(ApiException) as refused:
+            await kube.post_event(namespace, elsewhere)  # the object is in another namespace
+    finally:
+        await kube.close()
+    assert refused.value.status == 422
+    assert b"does not match" in refused.value.body
+    posted = core.list_namespaced_event(namespace).items
+    assert [(e.reason, e.message, e.involved_object.name) for e in posted] == [
+        ("Placed", "placed on wa-0", "wa-0")]
