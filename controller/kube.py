@@ -22,6 +22,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.client.rest import RESTResponse
 
 from controller import api, metrics
+from controller.workqueue import Backoff
 
 logger = logging.getLogger("wa_controller.kube")
 T = TypeVar("T")
@@ -39,7 +40,7 @@ def retry_delay(error: ApiException, attempt: int, *, base: float = 0.5, cap: fl
             return min(cap, max(0.0, float(header)))
         except ValueError:
             pass  # an HTTP date: not worth parsing for a few seconds' wait
-    return min(cap, base * 2 ** (attempt - 1)) * (0.5 + jitter() / 2)
+    return Backoff(base, cap).delay(attempt) * (0.5 + jitter() / 2)
 
 
 class Kube:

@@ -29,6 +29,7 @@ import aiohttp
 from controller import metrics
 from controller.clock import Clock, SystemClock
 from controller.instances import PROTOCOLS
+from controller.workqueue import Backoff
 
 logger = logging.getLogger("wa_controller.relay")
 
@@ -75,7 +76,7 @@ def retry_delay(status: int | None, attempt: int, limits: RelayLimits,
         return None
     if status is not None and status != 429 and status < 500:
         return None
-    delay = min(limits.max_delay, limits.first_delay * 2 ** (attempt - 1))
+    delay = Backoff(limits.first_delay, limits.max_delay).delay(attempt)
     if retry_after is not None:
         with contextlib.suppress(ValueError):
             delay = min(limits.max_delay, max(delay, float(retry_after)))

@@ -8,7 +8,7 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from controller.kube import Kube
+from controller.kube import Kube, retry_delay
 from devtools.apiproxy import ApiProxy
 from devtools.harness import Accounts
 
@@ -73,3 +73,20 @@ async def test_an_event_is_posted_and_a_refused_one_raises_the_api_servers_answe
     posted = core.list_namespaced_event(namespace).items
     assert [(e.reason, e.message, e.involved_object.name) for e in posted] == [
         ("Placed", "placed on wa-0", "wa-0")]
+
+
+@pytest.mark.parametrize(("headers", "attempt", "jitter", "expected"), [
+    (None, 1, 1.0, 0.5),  # no Retry-After: base, doubled per attempt, full jitter at most
+    (None, 3, 1.0, 2.0),
+    (None, 3, 0.0, 1.0),  # at least half
+    (None, 10, 1.0, 30.0),  # capped
+    ({"Retry-After": "7"}, 1, 0.0, 7.0),  # the server's word, without jitter
+    ({"Retry-After": "600"}, 1, 0.0, 30.0),  # capped
+    ({"Retry-After": "Wed, 02 Dec 2026 10:00:00 GMT"}, 2, 1.0, 1.0),  # a date: backoff
+])
+def test_the_wait_before_a_retry_is_the_servers_or_a_jittered_capped_backoff(
+    headers: dict[str, str] | None, attempt: int, jitter: float, expected: float
+) -> None:
+    error = ApiException(status=429)
+    error.headers = headers
+    assert retry_delay(error, attempt, jitter=lambda: jitter) == expected
